@@ -1,0 +1,6 @@
+"""Lightning callbacks of sslr."""
+
+from sslr.callbacks.alignment_monitor import AlignmentMonitor
+from sslr.callbacks.rule_switch import RuleSwitch
+
+__all__ = ["AlignmentMonitor", "RuleSwitch"]

@@ -1,0 +1,210 @@
+"""The ``sslr`` command: LightningCLI with sslr's tasks, data and callbacks.
+
+    sslr fit --config configs/quickstart.yaml
+    sslr test --config runs/.../config.yaml --ckpt_path runs/.../checkpoints/best.ckpt
+    sslr report runs/ --out report.md
+
+``main(args)`` is what the console script calls, so tests drive exactly the CLI users run.
+Errors a user can cause end with one line on stderr and exit status 2, never a traceback
+(set SSLR_DEBUG=1 to see it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+import sslr
+import sslr.callbacks  # noqa: F401  (short class names in configs)
+import sslr.data  # noqa: F401
+import sslr.tasks  # noqa: F401
+from sslr.errors import USER_ERRORS, UserError
+from sslr.trainer import SslrTrainer
+
+OTHER_COMMANDS = {
+    "report": ("sslr.report", "main_report", "compare run folders: table, CSV and plots"),
+    "grid": ("sslr.grid", "main_grid", "the paper's protocol: pretrain, fine-tune, attack, report"),
+}
+
+_DESCRIPTION = (
+    f"sslr {sslr.__version__}: fine-tune pretrained vision networks with sign-symmetry "
+    "learning rules and measure accuracy and adversarial robustness.\n"
+    + "".join(
+        f"  sslr {name}: {doc} (sslr {name} --help)\n"
+        for name, (_, _, doc) in OTHER_COMMANDS.items()
+    )
+)
+
+
+class SslrCLI(LightningCLI):
+    """LightningCLI with the data -> model links and sslr's defaults."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = LightningCLI.subcommands()
+        commands["attack"] = {"model", "datamodule"}
+        return commands
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in ("num_classes", "mean", "std"):
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _name_loggers(config)
+        ckpt = config.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+            raise UserError(
+                f"Checkpoint {ckpt!r} does not exist: give the path of a .ckpt written by "
+                "`sslr fit` (runs/<name>/version_<k>/checkpoints/{best,last}.ckpt)"
+            )
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # A CSV logger always runs (first, so the run folder is its log_dir): every metric is
+        # in the run folder whatever else is logged to.
+        if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
+            first = trainer.loggers[0]
+            name = getattr(first, "name", None) or "default"
+            csv = CSVLogger(save_dir=trainer.default_root_dir or "runs", name=str(name))
+            trainer.loggers = [csv, *trainer.loggers]
+        return trainer
+
+
+def _short(class_path: str | None) -> str:
+    return (class_path or "").rsplit(".", 1)[-1]
+
+
+def _name_loggers(config) -> None:
+    """Fill in logger names from the config: runs/<Dataset>/<backbone>_<rule>/version_<k>, and
+    for W&B the group <Dataset>/<backbone> and the rule as tag, so runs line up."""
+    model = config.get("model") or {}
+    init = model.get("init_args") or {}
+    data = _short((config.get("data") or {}).get("class_path")) or "data"
+    backbone, rule = init.get("backbone", "model"), init.get("rule", "bp")
+    bits = init.get("bits")
+    run = f"{backbone}_{rule}" + (f"_{bits}bits" if bits else "")
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not hasattr(logger, "class_path"):
+            continue
+        args = logger.init_args
+        kind = _short(logger.class_path)
+        if kind in ("CSVLogger", "TensorBoardLogger") and args.get("name") in (None, "default"):
+            args["name"] = f"{data}/{run}"
+        elif kind == "WandbLogger":
+            args["name"] = args.get("name") or run
+            args["group"] = args.get("group") or f"{data}/{backbone}"
+            args["tags"] = args.get("tags") or [rule]
+
+
+def run(args: list[str]) -> SslrCLI:
+    """Run a LightningCLI subcommand and return the CLI (its ``trainer`` and ``model``).
+
+    Raises what ``main`` turns into one-line errors; for use from Python (the demo, the grid).
+    """
+    os.environ.setdefault("WANDB_SILENT", "true")
+    strict = {"exit_on_error": False}
+    parser_kwargs = {"description": _DESCRIPTION, **strict}
+    parser_kwargs.update({name: dict(strict) for name in SslrCLI.subcommands()})
+    argv0, sys.argv = sys.argv, sys.argv[:1]  # the args are the command line (no warning)
+    try:
+        return _cli(args, parser_kwargs)
+    finally:
+        sys.argv = argv0
+
+
+def _cli(args: list[str], parser_kwargs: dict) -> SslrCLI:
+    return SslrCLI(
+        trainer_class=SslrTrainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs", "name": "default"},
+            }
+        },
+        parser_kwargs=parser_kwargs,
+        args=args,
+    )
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the ``sslr`` command line; returns the exit status (0 on success)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in OTHER_COMMANDS:
+        module, func, _ = OTHER_COMMANDS[argv[0]]
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    try:
+        run(argv)
+    except ArgumentError as err:
+        return _fail(_argument_message(err))
+    except USER_ERRORS as err:
+        if os.environ.get("SSLR_DEBUG"):
+            raise
+        return _fail(_argument_message(err))
+    except SystemExit as exit_:  # --help, --print_config
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else _fail(exit_.code)
+    return 0
+
+
+_NOISE = (
+    "Does not validate against",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+    "Problem with given class_path",
+    "Expected a path but",
+)
+
+
+def _argument_message(err: Exception) -> str:
+    """jsonargparse's nested message reduced to one line: the key and what is wrong with it."""
+    keys, details, given = [], [], None
+    for raw in str(err).splitlines():
+        line = raw.strip().lstrip("-").strip()
+        match = re.match(r'Parser key "([^"]+)":?\s*(.*)', line)
+        if match:
+            keys.append(match.group(1))
+            line = match.group(2)
+        if line.startswith("Given value:"):
+            given = line.split(":", 1)[1].strip()
+        if line and not line.startswith(_NOISE):
+            details.append(line)
+    key = ".".join(keys)
+    detail = details[-1] if details else str(err).strip().splitlines()[0]
+    if keys in (["data"], ["model"]) and "import path" in detail and given:
+        package = {"data": sslr.data, "model": sslr.tasks}[keys[0]]
+        base = {"data": LightningDataModule, "model": LightningModule}[keys[0]]
+        known = [n for n in package.__all__ if _is_subclass(getattr(package, n), base)]
+        known = [n for n in known if "DataModule" not in n]
+        detail = f"unknown class {given!r}; known: {', '.join(known)}"
+    literal = re.search(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", detail)
+    if literal:
+        choices = literal.group(1).replace("'", "")
+        detail = f"{literal.group(2)!r} is not one of {choices}"
+    if not isinstance(err, ArgumentError):
+        return detail
+    where = f"{key}: " if key else ""
+    return f"{where}{detail} (see `sslr <subcommand> --help`)"
+
+
+def _is_subclass(obj, base: type) -> bool:
+    return isinstance(obj, type) and issubclass(obj, base)
+
+
+def _fail(message: str) -> int:
+    print(f"sslr: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,18 @@
+"""Errors a user can cause: the CLI prints their message as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a missing resource; the message says what is wrong and what to do."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError]
+    from sslr.data.errors import DataError  # datasets absent offline, malformed list files
+
+    errors.append(DataError)
+    return tuple(errors)
+
+
+USER_ERRORS = _user_errors()

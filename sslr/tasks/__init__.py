@@ -1,0 +1,5 @@
+"""LightningModules of sslr."""
+
+from sslr.tasks.classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]

@@ -1,0 +1,130 @@
+"""What the classification and hashing tasks share: a converted backbone built from
+hyperparameters, pixel-space inputs, the rule kept across checkpoints, and a guard against
+non-finite losses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from sslr.errors import UserError
+from sslr.feedback import convert_model, feedback_layers, list_rules, list_scales, set_rule
+from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite; the run stops before the step is applied."""
+
+
+class FeedbackTask(LightningModule):
+    """Base of the tasks: owns ``self.network`` (normalized input) and its feedback rule.
+
+    Inputs are images in [0, 1] pixel units; ``forward`` normalizes with ``mean``/``std`` so
+    adversarial epsilons are in pixel units. The network is converted to ``rule`` in
+    ``__init__`` so that ``load_from_checkpoint`` rebuilds the same converted network; pretrained
+    weights are loaded in ``setup`` only when a run starts fresh (a resumed run or an evaluated
+    checkpoint brings its own weights).
+    """
+
+    network: nn.Module
+
+    def _init_feedback(
+        self,
+        network: nn.Module,
+        *,
+        rule: str,
+        scale: str,
+        exclude: Sequence[str],
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        if rule not in list_rules():
+            raise ValueError(f"Unknown rule {rule!r}: known rules are {', '.join(list_rules())}")
+        if scale not in list_scales():
+            raise ValueError(
+                f"Unknown scale {scale!r}: known scales are {', '.join(list_scales())}"
+            )
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std must be 3 numbers with std > 0, got {mean}, {std}")
+        self.network = convert_model(network, rule, scale=scale, exclude=tuple(exclude), seed=seed)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self._pretrained_done = False
+        self._rng_to_restore: torch.Tensor | None = None
+
+    @property
+    def rule(self) -> str:
+        """The rule the feedback layers use now (differs from hparams.rule before a RuleSwitch)."""
+        rules = {layer.rule for _, layer in feedback_layers(self.network)}
+        return rules.pop() if len(rules) == 1 else "mixed"
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)  # (N, 3, H, W)
+
+    # --- pretrained weights -------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        resuming = trainer is not None and trainer.ckpt_path is not None
+        if not self._pretrained_done and not resuming:
+            self.load_pretrained_weights()
+
+    def load_pretrained_weights(self) -> None:
+        """Load ``pretrained_ckpt`` or torchvision ``weights`` into the network, if set."""
+        hp = self.hparams
+        self._pretrained_done = True
+        if hp.get("pretrained_ckpt"):
+            state = checkpoint_state_dict(hp.pretrained_ckpt)
+            source = hp.pretrained_ckpt
+        elif hp.get("weights"):
+            state = torchvision_state_dict(hp.backbone, hp.weights)
+            source = f"torchvision {hp.backbone} {hp.weights}"
+        else:
+            return
+        skipped = load_pretrained(self.network, state)
+        note = f" (fresh: {', '.join(skipped)})" if skipped else ""
+        log.info("loaded pretrained weights from %s%s", source, note)
+
+    # --- training guard -----------------------------------------------------------------
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            raise NonFiniteLossError(
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step} "
+                f"(epoch {self.current_epoch}) with rule {self.rule} (scale "
+                f"{self.hparams.scale}); the run stopped before applying it, the last good "
+                f"checkpoint is {ckpt}. Lower the learning rate or use scale xavier/meanabs."
+            )
+
+    # --- checkpoints: the rule in use and the RNG, so a resumed run continues exactly -----
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["sslr_rule"] = self.rule
+        checkpoint["sslr_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rule = checkpoint.get("sslr_rule")
+        if rule and rule != "mixed" and rule != self.rule:
+            # A checkpoint written before a RuleSwitch holds bp's (empty) feedback state.
+            set_rule(self.network, rule)
+        self._pretrained_done = True
+        self._rng_to_restore = checkpoint.get("sslr_rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, after the sanity check, which would otherwise consume random numbers.
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

@@ -1,0 +1,114 @@
+"""Image classification with a torchvision backbone fine-tuned by a feedback learning rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from sslr.tasks.backbones import build_network
+from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, FeedbackTask
+
+Rule = Literal["bp", "fa", "usf", "frsf", "brsf"]
+Scale = Literal["xavier", "meanabs", "none"]
+
+
+class ClassificationTask(FeedbackTask):
+    """A classifier whose Conv2d/Linear layers learn with ``rule``.
+
+    Args:
+        backbone: a torchvision classification model name (``torchvision.models.get_model``).
+        num_classes: classes of the data (linked from the DataModule by the CLI).
+        rule: the learning rule of every converted layer: bp, fa, usf, frsf or brsf.
+        scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
+        exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
+        weights: torchvision weights to start from (e.g. IMAGENET1K_V1), or None.
+        pretrained_ckpt: an sslr checkpoint or plain state dict to start from (wins over
+            ``weights``); heads of another size are re-initialized.
+        small_input: 32-px stem for ResNets (3x3 stride-1 first conv, no max-pool).
+        mean, std: normalization applied inside ``forward`` (linked from the DataModule).
+        seed: seed of the feedback matrices (fa, frsf) and of brsf's draws.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 10,
+        rule: Rule = "bp",
+        scale: Scale = "xavier",
+        exclude: Sequence[str] = (),
+        weights: str | None = None,
+        pretrained_ckpt: str | None = None,
+        small_input: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        network = build_network(backbone, num_classes, small_input=small_input)
+        self._init_feedback(
+            network, rule=rule, scale=scale, exclude=exclude, seed=seed, mean=mean, std=std
+        )
+        self.num_classes = num_classes
+        top5 = min(5, num_classes)
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for images ``x`` (N, 3, H, W) in [0, 1]."""
+        return self.network(self.normalize(x))
+
+    def _step(self, batch, metrics) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        metrics.update(logits.detach(), y)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, self.train_metrics)
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss = self._step(batch, self.val_metrics)
+        self.log("val/loss", loss)
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss = self._step(batch, self.test_metrics)
+        self.log("test/loss", loss)
+        self.log_dict(self.test_metrics)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).argmax(dim=1)
+
+    def configure_callbacks(self):
+        # best.ckpt by validation accuracy, and last.ckpt, in the run folder's checkpoints/.
+        return [
+            ModelCheckpoint(
+                filename="best",
+                monitor="val/acc",
+                mode="max",
+                save_last=True,
+                auto_insert_metric_name=False,
+            )
+        ]

@@ -1,0 +1,191 @@
+"""The application through the CLI users run: `sslr fit/validate/test` on real data (Digits)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslr.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = str(ROOT / "configs" / "quickstart.yaml")
+DEBUG = str(ROOT / "configs" / "overlays" / "debug.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def run_dir(name: str = "resnet18_bp", version: int = 0, root: str = "runs/debug") -> Path:
+    return Path(root) / "Digits" / name / f"version_{version}"
+
+
+def last_metric(folder: Path, key: str) -> float:
+    with open(folder / "metrics.csv") as f:
+        values = [row[key] for row in csv.DictReader(f) if row.get(key)]
+    assert values, f"{key} never logged in {folder}"
+    return float(values[-1])
+
+
+def network_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_fit_debug_writes_checkpoint_and_validate_reproduces_it():
+    assert main(["fit", "--config", QUICK, "--config", DEBUG]) == 0
+    run = run_dir()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    logged = last_metric(run, "val/acc")
+
+    assert main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
+    assert last_metric(run_dir(version=1), "val/acc") == pytest.approx(logged, abs=1e-6)
+
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
+    assert 0.0 <= last_metric(run_dir(version=2), "test/acc") <= 1.0
+
+
+def test_bp_learns_digits_and_usf_finetuning_keeps_accuracy():
+    # Chance is 0.10 on the 10 digit classes; 4 BP epochs reach well above 0.85 on real data.
+    fast = ["--trainer.enable_progress_bar", "false", "--trainer.logger.save_dir", "runs"]
+    assert main(["fit", "--config", QUICK, *fast]) == 0
+    pretrain = Path("runs/Digits/resnet18_bp/version_0")
+    bp_acc = last_metric(pretrain, "val/acc")
+    assert bp_acc > 0.85, bp_acc
+
+    ckpt = str(pretrain / "checkpoints" / "best.ckpt")
+    tune = [*fast, "--trainer.max_epochs", "2", "--optimizer.lr", "0.01"]
+    tune += ["--model.pretrained_ckpt", ckpt]
+    accs = {}
+    for rule in ("bp", "usf"):
+        assert main(["fit", "--config", QUICK, *tune, "--model.rule", rule]) == 0
+        folder = Path(f"runs/Digits/resnet18_{rule}") / (
+            "version_1" if rule == "bp" else "version_0"
+        )
+        accs[rule] = last_metric(folder, "val/acc")
+    # Fine-tuning from a good start: usf stays within 5 points of bp fine-tuning.
+    assert accs["bp"] > 0.85, accs
+    assert accs["usf"] > accs["bp"] - 0.05, accs
+
+
+@pytest.mark.parametrize("rule", ["frsf", "brsf"])
+def test_resume_reproduces_uninterrupted_run(rule):
+    common = ["--config", QUICK, "--config", DEBUG, "--model.rule", rule]
+    common += ["--trainer.limit_val_batches", "1", "--seed_everything", "3"]
+    assert main(["fit", *common, "--trainer.max_epochs", "2"]) == 0
+    straight = network_state(run_dir(f"resnet18_{rule}", 0) / "checkpoints" / "last.ckpt")
+
+    assert main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    half = run_dir(f"resnet18_{rule}", 1) / "checkpoints" / "last.ckpt"
+    resume = ["--trainer.max_epochs", "2", "--ckpt_path", str(half)]
+    assert main(["fit", *common, *resume]) == 0
+    resumed = network_state(run_dir(f"resnet18_{rule}", 2) / "checkpoints" / "last.ckpt")
+
+    assert straight.keys() == resumed.keys()
+    assert any("feedback" in k or "_draw" in k for k in straight) or rule == "bp"
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_alignment_monitor_logs_angles():
+    args = ["fit", "--config", QUICK, "--config", DEBUG, "--model.rule", "usf"]
+    args += ["--trainer.callbacks+=AlignmentMonitor"]
+    assert main(args) == 0
+    run = run_dir("resnet18_usf")
+    angle = last_metric(run, "align/angle_mean")
+    ratio = last_metric(run, "align/ratio_mean")
+    # usf's B = s*sign(W) is at an acute, non-zero angle to a trained W.
+    assert 0.0 < angle < 90.0
+    assert math.isfinite(ratio) and ratio > 0
+    assert last_metric(run, "align/angle/fc") > 0
+
+
+def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(capsys):
+    # Epoch 0 trains normally; StepLR then multiplies the learning rate by 1e12 and it diverges.
+    args = ["fit", "--config", QUICK, "--config", DEBUG, "--model.rule", "usf"]
+    args += ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "8"]
+    args += ["--lr_scheduler", "torch.optim.lr_scheduler.StepLR"]
+    args += ["--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "1e12"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sslr: error: Non-finite training loss")
+    assert "rule usf" in err and "at step" in err
+    last = run_dir("resnet18_usf") / "checkpoints" / "last.ckpt"
+    state = network_state(last)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+BAD_INPUTS = {
+    "unknown rule": (["--model.rule", "nosuchrule"], "nosuchrule"),
+    "unknown backbone": (["--model.backbone", "resnet1800"], "resnet1800"),
+    "unknown dataset": (["--data", "NoSuchData"], "NoSuchData"),
+    "missing checkpoint": (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+    "misspelt key": (["--model.init_args.rulee", "usf"], "rulee"),
+    "missing data offline": (["--data", "CIFAR10", "--data.root", "nowhere"], "nowhere"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_clear_line(case, capsys):
+    extra, needle = BAD_INPUTS[case]
+    code = main(["fit", "--config", QUICK, "--config", DEBUG, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sslr: error:") and needle in last, err
+
+
+def test_misspelt_key_in_a_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    rulee: usf\n")
+    assert main(["fit", "--config", QUICK, "--config", str(bad)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("sslr: error:") and "rulee" in last
+
+
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "overlays" not in p.parts)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_config_parses(config, capsys):
+    subcommand = "fit"
+    assert main([subcommand, "--config", str(config), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "class_path" in printed and "rule:" in printed
+
+
+@pytest.mark.parametrize("overlay", ["debug", "wandb", "ddp"])
+def test_overlays_compose(overlay, capsys):
+    extra = str(ROOT / "configs" / "overlays" / f"{overlay}.yaml")
+    assert main(["fit", "--config", QUICK, "--config", extra, "--print_config"]) == 0
+    assert "trainer:" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_help():
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    out = subprocess.run(
+        [sys.executable, "-m", "sslr", "--help"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fit" in out.stdout and "report" in out.stdout
+
+
+def test_ddp_two_cpu_processes_with_a_rule():
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sslr", "fit", "--config", QUICK, "--config", DEBUG]
+    cmd += ["--model.rule", "usf", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    cmd += ["--trainer.accelerator", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir("resnet18_usf") / "checkpoints" / "last.ckpt").is_file()
