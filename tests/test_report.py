@@ -1,0 +1,449 @@
+"""`sslr report`: synthetic run folders in, tables, CSV and plots out, with exact values."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sslr.report_plots
+from sslr.report import (
+    CSV_COLUMNS,
+    build_report,
+    format_cell,
+    format_eps,
+    main_report,
+    read_run,
+    wandb_target,
+)
+
+E2, E8 = 2 / 255, 8 / 255
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# rule -> clean test/acc and robustness rows (attack, norm, eps, steps, gradient, accuracy, n);
+# frsf spells the norm "linf", the others "inf": both are the column "Linf".
+CLASSIFICATION = {
+    "bp": (
+        0.900,
+        [
+            ("pgd", "inf", 0.0, 10, "rule", 0.890, 200),  # eps 0: clean on the attack subset
+            ("pgd", "inf", 0.0, 10, "exact", 0.890, 200),
+            ("pgd", "inf", E2, 10, "rule", 0.500, 200),
+            ("pgd", "inf", E2, 10, "exact", 0.500, 200),
+            ("pgd", "inf", E8, 10, "rule", 0.125, 200),
+            ("pgd", "inf", E8, 10, "exact", 0.125, 200),
+        ],
+    ),
+    "usf": (
+        0.875,
+        [
+            ("pgd", "inf", 0.0, 10, "rule", 0.860, 200),
+            ("pgd", "inf", 0.0, 10, "exact", 0.860, 200),
+            ("pgd", "inf", E2, 10, "rule", 0.625, 200),
+            ("pgd", "inf", E2, 10, "exact", 0.450, 200),
+            ("pgd", "inf", E8, 10, "rule", 0.412, 200),
+            ("pgd", "inf", E8, 10, "exact", 0.100, 200),
+        ],
+    ),
+    "frsf": (
+        0.850,
+        [
+            ("pgd", "linf", 0.0, 10, "rule", 0.845, 200),
+            ("pgd", "linf", 0.0, 10, "exact", 0.845, 200),
+            ("pgd", "linf", E2, 10, "rule", 0.600, 200),
+            ("pgd", "linf", E2, 10, "exact", 0.480, 200),
+            ("pgd", "linf", E8, 10, "rule", 0.381, 200),
+            ("pgd", "linf", E8, 10, "exact", 0.125, 200),
+        ],
+    ),
+    # brsf: no exact at 8/255 (a missing cell), an eot column that bp lacks (no delta), and
+    # eps-0 values that differ between gradient sources (a note).
+    "brsf": (
+        0.860,
+        [
+            ("pgd", "inf", 0.0, 10, "rule", 0.850, 200),
+            ("pgd", "inf", 0.0, 10, "exact", 0.855, 200),
+            ("pgd", "inf", E2, 10, "rule", 0.700, 200),
+            ("pgd", "inf", E2, 10, "exact", 0.400, 200),
+            ("pgd", "inf", E8, 10, "rule", 0.500, 200),
+            ("pgd", "inf", E8, 10, "eot", 0.250, 200),
+        ],
+    ),
+}
+HEADER = [
+    "rule",
+    "clean acc",
+    "clean acc (attack subset)",
+    "pgd-10 Linf ε=2/255 rule",
+    "pgd-10 Linf ε=2/255 exact",
+    "pgd-10 Linf ε=8/255 rule",
+    "pgd-10 Linf ε=8/255 exact",
+    "pgd-10 Linf ε=8/255 eot",
+]
+ROWS = [
+    ["bp", "0.900", "0.890", "0.500", "0.500", "0.125", "0.125", "–"],
+    ["usf", "0.875 (-0.025)", "0.860 (-0.030)", "0.625 (+0.125)", "0.450 (-0.050)",
+     "0.412 (+0.287)", "0.100 (-0.025)", "–"],
+    ["frsf", "0.850 (-0.050)", "0.845 (-0.045)", "0.600 (+0.100)", "0.480 (-0.020)",
+     "0.381 (+0.256)", "0.125 (+0.000)", "–"],
+    ["brsf", "0.860 (-0.040)", "0.850 (-0.040)", "0.700 (+0.200)", "0.400 (-0.100)",
+     "0.500 (+0.375)", "–", "0.250"],
+]  # fmt: skip
+BRSF_NOTE = (
+    "classification · Digits · resnet18 · brsf: the clean acc on the attack subset (eps 0) "
+    "differs between attacks or gradient sources (0.850 to 0.855); the table shows pgd-10 Linf "
+    "rule's."
+)
+
+
+def write_run(
+    folder: Path,
+    rule: str,
+    clean: float | None,
+    robustness: list[tuple],
+    *,
+    task: str = "ClassificationTask",
+    dataset: str = "Digits",
+    backbone: str = "resnet18",
+    bits: int | None = None,
+    clean_column: str = "test/acc",
+    mtime: float | None = None,
+    columns: tuple[str, ...] = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n"),
+    seed: int = 0,
+    wandb: dict | None = None,
+) -> Path:
+    """A run folder as `sslr fit` + `sslr attack` leave it (config.yaml, metrics.csv, robustness)."""
+    folder.mkdir(parents=True)
+    init_args = {"backbone": backbone, "rule": rule, "scale": "xavier", "num_classes": 10}
+    if bits is not None:
+        init_args["bits"] = bits
+    config = {
+        "seed_everything": seed,
+        "trainer": {"accelerator": "cpu", "max_epochs": 2, "logger": [{"class_path": "CSVLogger"}]},
+        "model": {"class_path": f"sslr.tasks.{task}", "init_args": init_args},
+        "data": {"class_path": f"sslr.data.{dataset}", "init_args": {"batch_size": 64}},
+        "ckpt_path": None,
+    }
+    if wandb is not None:
+        config["trainer"]["logger"].append(
+            {"class_path": "sslr.loggers.WandbLogger", "init_args": wandb}
+        )
+    (folder / "config.yaml").write_text("# lightning.pytorch==2.6.6\n" + yaml.safe_dump(config))
+    metric = clean_column.split("/")[1]
+    with (folder / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "train/loss", f"val/{metric}", f"test/{metric}"])
+        writer.writerow([0, 9, 0.7, "", ""])
+        writer.writerow([0, 9, "", 0.5, ""])  # an earlier validation value, then the last one
+        last_val = clean if clean_column.startswith("val/") else 0.123
+        writer.writerow([1, 19, "", last_val, ""])
+        writer.writerow([1, 19, 0.4, "", ""])  # empty cells after the last value are skipped
+        if clean_column.startswith("test/"):
+            writer.writerow([1, 19, "", "", clean])
+    with (folder / "robustness.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(row[: len(columns)] for row in robustness)
+    if mtime is not None:
+        for name in ("metrics.csv", "robustness.csv"):
+            os.utime(folder / name, (mtime, mtime))
+    return folder
+
+
+def classification_runs(root: Path) -> dict[str, Path]:
+    return {
+        rule: write_run(root / "runs" / rule / "version_0", rule, clean, rows)
+        for rule, (clean, rows) in CLASSIFICATION.items()
+    }
+
+
+def markdown_table(markdown: str, title: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the table under the heading `## title`."""
+    lines = markdown.splitlines()
+    start = lines.index(f"## {title}") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    assert set(table[1][1:]) == {"---:"}
+    return table[0], table[2:]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+@pytest.mark.parametrize(
+    "eps, text",
+    [(8 / 255, "8/255"), (0.0, "0"), (1 / 255, "1/255"), (0.5, "0.5"), (1.0, "1"), (0.03, "0.03")],
+)
+def test_format_eps(eps, text):
+    assert format_eps(eps) == text
+
+
+@pytest.mark.parametrize(
+    "value, delta, text",
+    [(0.412, 0.031, "0.412 (+0.031)"), (0.4, -1e-5, "0.400 (+0.000)"), (None, 0.1, "–"),
+     (0.25, None, "0.250")],
+)  # fmt: skip
+def test_format_cell(value, delta, text):
+    assert format_cell(value, delta) == text
+
+
+def test_classification_table_values(tmp_path):
+    classification_runs(tmp_path)
+    report = build_report([tmp_path / "runs"], tmp_path / "out" / "report.md")
+    assert report.markdown_path.read_text() == report.markdown
+    header, rows = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert header == HEADER
+    assert rows == ROWS
+    assert [r.rule for r in report.runs] == ["bp", "usf", "frsf", "brsf"]
+    assert report.notes == [BRSF_NOTE]
+
+
+def test_long_form_csv(tmp_path):
+    runs = classification_runs(tmp_path)
+    report = build_report([tmp_path / "runs"], tmp_path / "report.md")
+    assert report.csv_path == tmp_path / "report.csv"
+    rows = read_csv(report.csv_path)
+    assert len(rows) == 4 * 7  # per rule: clean + six attack settings (two at eps 0)
+    assert [r["rule"] for r in rows] == ["bp"] * 7 + ["usf"] * 7 + ["frsf"] * 7 + ["brsf"] * 7
+    by_key = {(r["rule"], r["attack"], r["eps"], r["gradient"]): r for r in rows}
+    clean = by_key[("usf", "clean", "0", "")]
+    assert clean["metric"] == "acc" and clean["norm"] == clean["steps"] == clean["n"] == ""
+    assert float(clean["value"]) == 0.875 and float(clean["delta_vs_bp"]) == pytest.approx(-0.025)
+    usf = by_key[("usf", "pgd", f"{E8:.10g}", "rule")]
+    assert usf == {
+        "task": "classification",
+        "dataset": "Digits",
+        "backbone": "resnet18",
+        "bits": "",
+        "rule": "usf",
+        "attack": "pgd",
+        "norm": "Linf",
+        "eps": f"{E8:.10g}",
+        "steps": "10",
+        "gradient": "rule",
+        "metric": "acc",
+        "value": "0.412",
+        "delta_vs_bp": "0.287",
+        "n": "200",
+        "run_dir": str(runs["usf"]),
+    }
+    assert by_key[("bp", "pgd", f"{E8:.10g}", "rule")]["delta_vs_bp"] == "0"
+    assert float(by_key[("brsf", "pgd", "0", "exact")]["delta_vs_bp"]) == pytest.approx(-0.035)
+    assert by_key[("brsf", "pgd", f"{E8:.10g}", "eot")]["delta_vs_bp"] == ""  # bp has no eot
+
+
+def test_plots_are_pngs_and_linked(tmp_path):
+    classification_runs(tmp_path)
+    report = build_report([tmp_path / "runs"], tmp_path / "report.md")
+    expected = tmp_path / "report_classification_Digits_resnet18_pgd-10_Linf.png"
+    assert report.figures == [expected]
+    data = expected.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000
+    assert f"]({expected.name})" in report.markdown
+
+
+def test_plotted_curves(tmp_path, monkeypatch):
+    drawn = {}
+
+    def record(path, title, panels, *, ylabel):
+        drawn[path.name] = (title, ylabel, panels)
+        return path
+
+    monkeypatch.setattr(sslr.report_plots, "plot_robustness", record)
+    classification_runs(tmp_path)
+    build_report([tmp_path / "runs"], tmp_path / "report.md")
+    [(title, ylabel, panels)] = drawn.values()
+    assert title == "classification · Digits · resnet18\npgd-10 Linf" and ylabel == "accuracy"
+    assert list(panels) == ["rule", "exact", "eot"]
+    assert list(panels["rule"]) == ["bp", "usf", "frsf", "brsf"]
+    assert panels["rule"]["bp"] == [(0.0, 0.890), (E2, 0.500), (E8, 0.125)]
+    assert panels["exact"]["brsf"] == [(0.0, 0.855), (E2, 0.400)]
+    # eot has no eps-0 row: it starts at brsf's clean value on the attack subset (rule's).
+    assert panels["eot"] == {"brsf": [(0.0, 0.850), (E8, 0.250)]}
+
+
+def test_hashing_run_gets_its_own_table(tmp_path):
+    classification_runs(tmp_path)
+    rows = [
+        ("pgd", "inf", E8, 20, "rule", 0.30, 100, "mAP"),
+        ("pgd", "inf", E8, 20, "rule", 0.20, 100, "t-mAP"),
+        ("pgd", "inf", E8, 20, "exact", 0.10, 100, "mAP"),
+    ]
+    columns = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric")
+    write_run(
+        tmp_path / "runs" / "hash_usf" / "version_0", "usf", 0.65, rows, task="HashingTask",
+        dataset="HashingCifar10", bits=48, clean_column="test/mAP", columns=columns,
+    )  # fmt: skip
+    report = build_report([tmp_path / "runs"], tmp_path / "report.md")
+    header, table = markdown_table(report.markdown, "hashing · HashingCifar10 · resnet18 · 48 bits")
+    assert header == [
+        "rule",
+        "clean mAP",
+        "pgd-20 Linf ε=8/255 rule mAP",
+        "pgd-20 Linf ε=8/255 exact mAP",
+        "pgd-20 Linf ε=8/255 rule t-mAP",
+    ]
+    assert table == [["usf", "0.650", "0.300", "0.100", "0.200"]]
+    assert "hashing · HashingCifar10 · resnet18 · 48 bits: no bp run, so no deltas." in report.notes
+    hashing = [r for r in read_csv(report.csv_path) if r["task"] == "hashing"]
+    assert [(r["bits"], r["metric"], r["value"]) for r in hashing] == [
+        ("48", "mAP", "0.65"),
+        ("48", "mAP", "0.3"),
+        ("48", "mAP", "0.1"),
+        ("48", "t-mAP", "0.2"),
+    ]
+    names = sorted(p.name for p in report.figures)
+    assert names == [
+        "report_classification_Digits_resnet18_pgd-10_Linf.png",
+        "report_hashing_HashingCifar10_resnet18_48bits_pgd-20_Linf_mAP.png",
+        "report_hashing_HashingCifar10_resnet18_48bits_pgd-20_Linf_t-mAP.png",
+    ]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in report.figures)
+
+
+@pytest.mark.parametrize("newer", ["a", "b"])
+def test_duplicates_resolve_to_newest(tmp_path, newer):
+    clean, rows = CLASSIFICATION["bp"]
+    write_run(tmp_path / "bp", "bp", clean, rows)
+    values = {"a": 0.70, "b": 0.80}
+    for name, value in values.items():
+        mtime = 2_000_000_000 if name == newer else 1_000_000_000
+        write_run(tmp_path / name, "usf", value, [], mtime=mtime, seed=ord(name))
+    report = build_report([tmp_path], tmp_path / "report.md")
+    _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
+    delta = f"{values[newer] - 0.9:+.3f}"
+    assert table[1][:2] == ["usf", f"{values[newer]:.3f} ({delta})"]
+    older = "b" if newer == "a" else "a"
+    [note] = report.notes
+    assert note.startswith("classification · Digits · resnet18 · usf: 2 run folders; using the ")
+    assert f"newest, `{tmp_path / newer}`" in note and f"ignoring `{tmp_path / older}`" in note
+    assert "differ in seed_everything" in note
+    assert "## Notes" in report.markdown and note in report.markdown
+
+
+def test_val_metric_used_when_no_test_metric(tmp_path):
+    write_run(tmp_path / "run", "bp", 0.75, [], clean_column="val/acc")
+    report = build_report([tmp_path / "run"], tmp_path / "report.md")  # a run folder itself
+    _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert table == [["bp", "0.750"]]
+    assert report.notes == [f"`{tmp_path / 'run'}` logged no test metric: its clean value is the "
+                            "last val/acc."]  # fmt: skip
+    assert report.figures == []
+
+
+def test_main_writes_report(tmp_path, capsys):
+    classification_runs(tmp_path)
+    out = tmp_path / "report.md"
+    assert main_report([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert out.is_file() and out.with_suffix(".csv").is_file()
+    assert "compared 4 runs in 1 tables" in capsys.readouterr().out
+
+
+def test_wandb_disabled_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    classification_runs(tmp_path)
+    assert main_report(["runs", "--out", "report.md", "--wandb"]) == 0
+    assert (tmp_path / "report.csv").is_file()
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_gets_tables_and_figures(tmp_path, monkeypatch):
+    logged, inits = [], []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: (
+        inits.append(kwargs)
+        or types.SimpleNamespace(log=logged.append, finish=lambda: logged.append("finished"))
+    )
+    fake.Table = lambda columns, data: ("table", list(columns), data)
+    fake.Image = lambda path: ("image", path)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    classification_runs(tmp_path)
+    argv = ["--wandb", "--wandb-project", "p", "--wandb-group", "g", str(tmp_path / "runs")]
+    assert main_report([*argv, "--out", str(tmp_path / "report.md")]) == 0
+    assert inits[0]["project"] == "p" and inits[0]["group"] == "g"
+    payload, finished = logged
+    assert finished == "finished"
+    kind, columns, data = payload["report/records"]
+    assert columns == list(CSV_COLUMNS) and len(data) == 28
+    kind, header, rows = payload["report/classification/Digits/resnet18"]
+    assert header == HEADER and rows == ROWS
+    image = payload["figures/report_classification_Digits_resnet18_pgd-10_Linf"]
+    assert image == (
+        "image",
+        str(tmp_path / "report_classification_Digits_resnet18_pgd-10_Linf.png"),
+    )
+
+
+@pytest.mark.parametrize(
+    "loggers, target",
+    [
+        ([{"project": "p", "group": "G"}] * 2, ("p", "G")),
+        ([None, None], ("sslr", "Digits/resnet18")),  # the CLI's group: <Dataset>/<backbone>
+        (
+            [{"project": "p", "group": "G"}, {"project": "q", "group": "H"}],
+            ("sslr", "Digits/resnet18"),
+        ),
+    ],
+)
+def test_wandb_target_defaults_to_the_runs_own(tmp_path, loggers, target):
+    runs = [
+        read_run(write_run(tmp_path / rule, rule, 0.9, [], wandb=wandb))[0]
+        for rule, wandb in zip(["bp", "usf"], loggers, strict=True)
+    ]
+    assert wandb_target(runs) == target
+    other = read_run(write_run(tmp_path / "vgg", "bp", 0.9, [], backbone="vgg16"))[0]
+    assert wandb_target([*runs, other]) == ("sslr", "report")
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("missing", "{root}/nope does not exist; give run folders or folders that contain them."),
+        ("empty", "no run folders (folders with a config.yaml) found under {root}."),
+        ("not_sslr", "no sslr runs found under {root}; skipped `{root}/x`: its config.yaml has no "
+                     "model.class_path (not a LightningCLI run config)."),
+        ("bad_columns", "{root}/run/robustness.csv lacks the column(s) accuracy, n; a classification "
+                        "robustness.csv needs attack,norm,eps,steps,gradient,accuracy,n."),
+        ("bad_yaml", "{root}/config.yaml is not valid YAML (line 3: expected <block end>, but found "
+                     "'<block mapping start>')."),
+        ("bad_number", "{root}/run/robustness.csv, line 2: cannot read eps='eight' as a number."),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, setup, message):
+    target = tmp_path
+    if setup == "missing":
+        target = tmp_path / "nope"
+    elif setup == "not_sslr":
+        (tmp_path / "x").mkdir()
+        (tmp_path / "x" / "config.yaml").write_text("lr: 0.1\n")
+    elif setup == "bad_columns":
+        rows = [("pgd", "inf", E8, 10, "rule")]
+        write_run(
+            tmp_path / "run",
+            "bp",
+            0.9,
+            rows,
+            columns=("attack", "norm", "eps", "steps", "gradient"),
+        )
+    elif setup == "bad_yaml":
+        (tmp_path / "config.yaml").write_text("model:\n  rule: bp\n backbone: vgg16\n")
+    elif setup == "bad_number":
+        write_run(tmp_path / "run", "bp", 0.9, [("pgd", "inf", "eight", 10, "rule", 0.5, 10)])
+    assert main_report([str(target), "--out", str(tmp_path / "report.md")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sslr report: error: {message.format(root=tmp_path)}\n"
+    assert not (tmp_path / "report.md").exists()
