@@ -1,0 +1,30 @@
+"""Feedback learning rules: layers whose backward sends the error through B instead of W.
+
+Rules (``list_rules()``): bp (B = W, the control), fa (fixed random B), usf (s*sign(W)),
+frsf (|M|*sign(W), M fixed), brsf (|M|*sign(W), M redrawn per training batch). Convert any
+torchvision model with ``convert_model`` (keeps its weights), switch with ``set_rule``, get
+true gradients with ``exact_gradients``, redraw brsf per forward with ``resampling`` and
+measure B against W with ``alignment``. Imports torch only.
+"""
+
+from .alignment import alignment
+from .context import exact_gradients, resampling
+from .convert import convert_model, feedback_layers, set_rule
+from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from .rules import RuleName, ScaleName, list_rules, list_scales
+
+__all__ = [
+    "FeedbackConv2d",
+    "FeedbackLayer",
+    "FeedbackLinear",
+    "RuleName",
+    "ScaleName",
+    "alignment",
+    "convert_model",
+    "exact_gradients",
+    "feedback_layers",
+    "list_rules",
+    "list_scales",
+    "resampling",
+    "set_rule",
+]
