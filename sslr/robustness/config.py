@@ -1,0 +1,218 @@
+"""What an attack suite runs: the attacks, norms, epsilons, gradient sources and subset, as one
+validated object (strings at the edge, enums inside)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+
+class Attack(str, Enum):
+    """Attacks of the suite. FGSM and PGD are white-box (they need a gradient source); Square
+    is query-based black box (Andriushchenko et al. 2020) and uses no gradient at all."""
+
+    FGSM = "fgsm"
+    PGD = "pgd"
+    SQUARE = "square"
+
+    @property
+    def white_box(self) -> bool:
+        return self is not Attack.SQUARE
+
+
+class Norm(str, Enum):
+    """Threat-model norm of the perturbation, in [0, 1] pixel units."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+
+class GradientSource(str, Enum):
+    """Where a white-box attack's input gradient comes from (see docs/ARCHITECTURE.md).
+
+    - ``rule``: the model's own backward: through a feedback layer that is the pseudo-gradient
+      with B (the paper's threat model); brsf draws a fresh B at every attack step.
+    - ``exact``: the same weights with the true gradient (B = W during the attack).
+    - ``eot``: expectation over transformation for brsf: each step's gradient is the mean over
+      ``eot_samples`` draws of B (Athalye et al. 2018). Equal to ``rule`` for other rules.
+    - ``transfer``: adversarial examples made on a surrogate model, evaluated on the target.
+    - ``none``: query attacks (Square), which use no gradient.
+    """
+
+    RULE = "rule"
+    EXACT = "exact"
+    EOT = "eot"
+    TRANSFER = "transfer"
+    NONE = "none"
+
+
+class Backend(str, Enum):
+    """Who runs the FGSM/PGD iterations. ``torch``: sslr's loop on device tensors, gradients
+    from ART's ``PyTorchClassifier.loss_gradient`` (the default: as fast as a plain loop).
+    ``art``: ART's ``ProjectedGradientDescentPyTorch.generate`` (the reference the tests compare
+    against; slower, see ``attacks.py``)."""
+
+    TORCH = "torch"
+    ART = "art"
+
+
+AttackName = Literal["fgsm", "pgd", "square"]
+NormName = Literal["linf", "l2"]
+GradientName = Literal["rule", "exact", "eot", "transfer"]
+BackendName = Literal["torch", "art"]
+
+DEFAULT_EPS_LINF = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+DEFAULT_EPS_L2 = (0.0, 0.25, 0.5, 1.0)
+
+
+def _parse(enum: type[Enum], values: Sequence[str], what: str, allowed=None) -> tuple:
+    """Strings -> enum members (duplicates dropped, order kept), or one ValueError naming the
+    known values."""
+    allowed = tuple(allowed or enum)
+    known = ", ".join(m.value for m in allowed)
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for value in values:
+        try:
+            member = enum(value.value if isinstance(value, Enum) else str(value).lower())
+        except ValueError:
+            member = None
+        if member not in allowed:
+            raise ValueError(f"Unknown {what} {value!r}: known {what}s are {known}")
+        if member not in out:
+            out.append(member)
+    return tuple(out)
+
+
+def _check_eps(values: Sequence[float], name: str, upper: float | None) -> tuple[float, ...]:
+    if isinstance(values, (int, float)):
+        values = [values]
+    out = []
+    for value in values:
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"{name} must be finite and >= 0 (pixel units of [0, 1] images), got {value}"
+            )
+        if upper is not None and value > upper:
+            raise ValueError(
+                f"{name} = {value} exceeds {upper}: epsilons are in [0, 1] pixel units "
+                f"(8/255 = {8 / 255:.5f}), not in /255 units"
+            )
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+@dataclass
+class SuiteConfig:
+    """An attack suite, validated when constructed (before any work starts).
+
+    Epsilons are absolute, in the pixel units of [0, 1] images (8/255 = 0.0314 is the CIFAR
+    L-inf standard); ``eps`` applies to L-inf and ``eps_l2`` to L2, whose scale differs.
+    An eps of 0 is not attacked: it is the clean accuracy of the same subset.
+
+    Args:
+        attacks: ``fgsm``, ``pgd`` (white box) and ``square`` (query-based black box).
+        norms: ``linf`` and/or ``l2``, for every attack.
+        eps: L-inf epsilons. Default (0, 1, 2, 4, 8, 16)/255.
+        eps_l2: L2 epsilons. Default (0, 0.25, 0.5, 1).
+        steps: PGD iterations (FGSM is one step of size eps, no random start).
+        step_size: PGD step relative to eps: alpha = step_size * eps / steps (Madry: 2.5).
+        random_start: PGD starts from a uniform point of the eps ball.
+        gradients: gradient sources of the white-box attacks: ``rule``, ``exact``, ``eot``,
+            ``transfer`` (needs a surrogate). Square's gradient is ``none``, automatically.
+        eot_samples: draws of B averaged per step for ``eot`` (brsf only).
+        queries: Square's query budget (its iterations; the ``steps`` column of its rows).
+        n_samples: size of the fixed, seeded subset of the evaluated split.
+        seed: seed of the subset, of PGD's random start and of Square.
+        batch_size: images per attack batch.
+        surrogate_ckpt: checkpoint of the ``transfer`` surrogate (by default the bp fine-tuned
+            model of the same backbone and data).
+        backend: ``torch`` (sslr's loop, fast) or ``art`` (ART's PGD; the reference).
+    """
+
+    attacks: list[AttackName] = field(default_factory=lambda: ["fgsm", "pgd"])
+    norms: list[NormName] = field(default_factory=lambda: ["linf"])
+    eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_LINF))
+    eps_l2: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_L2))
+    steps: int = 10
+    step_size: float = 2.5
+    random_start: bool = True
+    gradients: list[GradientName] = field(default_factory=lambda: ["rule", "exact", "eot"])
+    eot_samples: int = 8
+    queries: int = 1000
+    n_samples: int = 1000
+    seed: int = 0
+    batch_size: int = 256
+    surrogate_ckpt: str | None = None
+    backend: BackendName = "torch"
+
+    def __post_init__(self) -> None:
+        # Every check runs here, so a bad setting fails before any work starts.
+        if GradientSource.NONE.value in [str(g).lower() for g in self.gradients]:
+            raise ValueError(
+                "Gradient source 'none' cannot be chosen: it is the gradient of query attacks "
+                "(square), whose rows get it automatically. Known gradient sources are "
+                "rule, exact, eot, transfer"
+            )
+        if not self.attack_kinds:
+            raise ValueError("attacks is empty: name at least one of fgsm, pgd, square")
+        if not self.norm_kinds:
+            raise ValueError("norms is empty: name at least one of linf, l2")
+        if any(a.white_box for a in self.attack_kinds) and not self.gradient_sources:
+            raise ValueError(
+                "gradients is empty but white-box attacks are asked for: name at least one of "
+                "rule, exact, eot, transfer"
+            )
+        _parse(Backend, [self.backend], "backend")
+        for norm in Norm:  # both lists, also the one of a norm not chosen now
+            if not self.eps_for(norm) and norm in self.norm_kinds:
+                raise ValueError(f"No epsilon given for norm {norm.value}")
+        for name in ("steps", "eot_samples", "queries", "n_samples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not math.isfinite(self.step_size) or self.step_size <= 0:
+            raise ValueError(f"step_size must be > 0 (relative to eps/steps), got {self.step_size}")
+        if self.surrogate_ckpt is not None and not Path(self.surrogate_ckpt).is_file():
+            raise ValueError(
+                f"Surrogate checkpoint {self.surrogate_ckpt!r} does not exist: give the .ckpt of "
+                "the bp fine-tuned model (runs/<name>/version_<k>/checkpoints/best.ckpt)"
+            )
+
+    @property
+    def attack_kinds(self) -> tuple[Attack, ...]:
+        return _parse(Attack, self.attacks, "attack")
+
+    @property
+    def norm_kinds(self) -> tuple[Norm, ...]:
+        return _parse(Norm, self.norms, "norm")
+
+    @property
+    def gradient_sources(self) -> tuple[GradientSource, ...]:
+        chosen = [s for s in GradientSource if s is not GradientSource.NONE]
+        return _parse(GradientSource, self.gradients, "gradient source", chosen)
+
+    @property
+    def backend_kind(self) -> Backend:
+        return _parse(Backend, [self.backend], "backend")[0]
+
+    def eps_for(self, norm: Norm) -> tuple[float, ...]:
+        """The epsilons of ``norm`` (validated; duplicates dropped)."""
+        if norm is Norm.LINF:
+            return _check_eps(self.eps, "eps", upper=1.0)
+        return _check_eps(self.eps_l2, "eps_l2", upper=None)
+
+    def steps_of(self, attack: Attack) -> int:
+        """The ``steps`` column of ``attack``'s rows: 1 for FGSM, Square's query budget."""
+        return {Attack.FGSM: 1, Attack.PGD: self.steps, Attack.SQUARE: self.queries}[attack]
+
+    def step_of(self, attack: Attack, eps: float) -> float:
+        """Absolute step (alpha) of a white-box attack at ``eps``."""
+        return eps if attack is Attack.FGSM else self.step_size * eps / self.steps
