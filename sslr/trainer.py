@@ -9,7 +9,9 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from sslr.errors import UserError
-from sslr.robustness.config import SuiteConfig
+from sslr.hashing.suite import HashingSuiteConfig, run_hashing_suite
+from sslr.robustness import SuiteConfig, run_suite
+from sslr.tasks.hashing import HashingTask
 
 
 class SslrTrainer(Trainer):
@@ -21,7 +23,9 @@ class SslrTrainer(Trainer):
         datamodule: LightningDataModule | None = None,
         ckpt_path: str | None = None,
         suite: SuiteConfig | None = None,
+        hashing: HashingSuiteConfig | None = None,
         out_dir: str | None = None,
+        weights_only: bool | None = None,
     ) -> list:
         """Attack a checkpoint: robustness.csv and robustness.png in its run folder, logged too.
 
@@ -29,34 +33,35 @@ class SslrTrainer(Trainer):
             model: the task of the run's config (its weights come from ``ckpt_path``).
             datamodule: the run's data; the fixed, seeded subset is drawn from its test split.
             ckpt_path: the checkpoint to evaluate (runs/.../checkpoints/best.ckpt).
-            suite: attacks, norms, epsilons, gradient sources, subset size (``--suite.*``).
+            suite: classification attacks: attacks, norms, epsilons, gradient sources, subset
+                size (``--suite.*``).
+            hashing: the hashing attack suite for a HashingTask checkpoint (``--hashing.*``):
+                untargeted PGD/HAG (mAP) and targeted P2P/DHTA (t-mAP).
             out_dir: where the CSV and PNG go; by default the checkpoint's run folder.
+            weights_only: passed to ``torch.load`` (default: False, a checkpoint sslr wrote);
+                accepted so a run's saved fit config works as ``--config`` here.
         """
         if not ckpt_path:
             raise UserError(
                 "sslr attack needs --ckpt_path: the checkpoint to evaluate "
                 "(runs/<name>/version_<k>/checkpoints/best.ckpt)"
             )
-        suite = suite or SuiteConfig()
-        load_checkpoint(model, ckpt_path)
+        load_checkpoint(model, ckpt_path, weights_only=bool(weights_only))
         model.to(self.strategy.root_device).eval()
         folder = Path(out_dir) if out_dir else run_folder(ckpt_path)
         rank_zero_info(f"sslr attack: {ckpt_path} (rule {model.rule}) -> {folder}")
-        if _is_hashing(model):
-            from sslr.hashing.suite import HashingSuiteConfig, run_hashing_suite
-
-            hashing = HashingSuiteConfig.from_suite(suite)
+        if isinstance(model, HashingTask):
+            config = hashing or HashingSuiteConfig()
             return run_hashing_suite(
-                model, datamodule, hashing, loggers=self.loggers, out_dir=folder
+                model, datamodule, config, loggers=self.loggers, out_dir=folder
             )
-        from sslr.robustness import run_suite
+        config = suite or SuiteConfig()
+        return run_suite(model, datamodule, config, loggers=self.loggers, out_dir=folder)
 
-        return run_suite(model, datamodule, suite, loggers=self.loggers, out_dir=folder)
 
-
-def load_checkpoint(model: LightningModule, ckpt_path: str) -> None:
+def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = False) -> None:
     """Load a Lightning checkpoint into ``model`` in place (rule and feedback state included)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
 
@@ -65,7 +70,3 @@ def run_folder(ckpt_path: str) -> Path:
     """The run folder of a checkpoint: runs/<name>/version_<k>/checkpoints/x.ckpt -> version_<k>."""
     path = Path(ckpt_path).resolve()
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def _is_hashing(model: LightningModule) -> bool:
-    return type(model).__name__ == "HashingTask"

@@ -1,0 +1,242 @@
+"""Hashing attacks on the trained Digits hashing model: clean at eps 0, mAP falling with eps
+(exact gradients), targeted attacks raising t-mAP, legal perturbations, untouched models,
+eager validation, and the CSV/PNG outputs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import warnings
+
+import pytest
+import torch
+
+from sslr.feedback import set_rule
+from sslr.hashing.attacks import (
+    CodeLoss,
+    HashingGradientClassifier,
+    HashingTarget,
+    anchor_codes,
+    attack_queries,
+    draw_targets,
+)
+from sslr.hashing.suite import (
+    HASHING_COLUMNS,
+    HashingSuiteConfig,
+    encode_loader,
+    run_hashing_suite,
+    select_queries,
+)
+from sslr.metrics import mean_average_precision
+from sslr.robustness import AttackBoundsError, GradientSource, Norm, attack_mode
+from sslr.robustness.attacks import pgd
+
+# Wider than the default sweep (0, 2, 4, 8)/255: this small Digits model at 16 px barely moves
+# below 4/255, where the untargeted objective first flips its least confident bits (which can
+# even help retrieval a little).
+EPS = [0.0, 4 / 255, 8 / 255, 16 / 255]
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {
+        "state": {k: v.clone() for k, v in module.state_dict().items()},
+        "training": [m.training for m in module.modules()],
+        "requires_grad": [p.requires_grad for p in module.parameters()],
+        "grad": [p.grad for p in module.parameters()],
+    }
+
+
+@pytest.fixture(scope="module")
+def suite(trained, tmp_path_factory):
+    """The suite on 32 queries: pgd (untargeted) and p2p (targeted) with exact gradients,
+    5 steps of 3/255; the model's state before and after, and the output folder."""
+    task = trained.model
+    before = snapshot(task)
+    out = tmp_path_factory.mktemp("attack")
+    config = HashingSuiteConfig(
+        attacks=["pgd", "p2p"], gradients=["exact"], eps=EPS, steps=5, step=3 / 255, n_queries=32
+    )
+    rows = run_hashing_suite(task, trained.datamodule, config, out_dir=out)
+    return rows, config, before, snapshot(task), out
+
+
+def values(rows, attack: str, gradient: str = "exact") -> list[float]:
+    picked = sorted(
+        (r.eps, r.accuracy) for r in rows if (r.attack, r.gradient) == (attack, gradient)
+    )
+    return [v for _, v in picked]
+
+
+def test_eps_zero_is_the_clean_map_of_the_same_queries(trained, suite):
+    rows, config, *_ = suite
+    target = HashingTarget.from_task(trained.model)
+    query_loader, db_loader = trained.datamodule.test_dataloader()
+    x, labels = select_queries(query_loader, config.n_queries, config.seed)
+    db_codes, db_labels = encode_loader(target, db_loader)
+    clean = mean_average_precision(target.encode(x), db_codes, labels, db_labels)
+    assert values(rows, "pgd")[0] == clean
+    assert all(r.n == 32 for r in rows)
+
+
+def test_untargeted_map_falls_with_eps(suite):
+    maps = values(suite[0], "pgd")
+    assert len(maps) == len(EPS)
+    assert all(b <= a + 1e-9 for a, b in zip(maps, maps[1:], strict=False)), maps
+    assert maps[-1] < maps[0] - 0.2, maps  # clearly lower at the largest eps
+
+
+def test_targeted_attack_raises_t_map(suite):
+    t_maps = values(suite[0], "p2p")
+    assert t_maps[0] < 0.3, t_maps  # the clean queries rarely retrieve the target label
+    assert t_maps[-1] > t_maps[0] + 0.1, t_maps
+    assert {r.metric for r in suite[0] if r.attack == "p2p"} == {"t-mAP"}
+
+
+def test_model_state_is_restored(suite):
+    _, _, before, after, _ = suite
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert all(a is b for a, b in zip(before["grad"], after["grad"], strict=True))
+    assert before["state"].keys() == after["state"].keys()
+    assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"])
+
+
+def test_csv_has_the_columns_plus_metric_and_png_exists(suite):
+    rows, *_, out = suite
+    with open(out / "robustness.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        records = list(reader)
+    assert tuple(reader.fieldnames) == HASHING_COLUMNS
+    assert HASHING_COLUMNS[-1] == "metric" and len(HASHING_COLUMNS) == 8
+    assert len(records) == len(rows) == 2 * len(EPS)
+    assert {r["metric"] for r in records} == {"mAP", "t-mAP"}
+    assert {r["gradient"] for r in records} == {"exact"}
+    png = out / "robustness.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("norm,eps", [(Norm.LINF, 4 / 255), (Norm.L2, 0.5)])
+def test_perturbations_stay_in_the_ball_and_the_box(trained, norm, eps):
+    target = HashingTarget.from_task(trained.model)
+    x = trained.datamodule.split("query")[0][:8]
+    goal = target.encode(x)
+    with attack_mode(target.network):
+        with HashingGradientClassifier(target, x.shape[1:], "hag", GradientSource.EXACT) as clf:
+            gen = torch.Generator().manual_seed(0)
+            step = 2 / 255 if norm is Norm.LINF else 0.25
+            adv = pgd(
+                clf,
+                x,
+                goal,
+                norm=norm,
+                eps=eps,
+                step=step,
+                steps=3,
+                start_random=True,
+                generator=gen,
+            )
+    delta = (adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm is Norm.LINF else delta.norm(dim=1)
+    assert bool((size <= eps + 1e-6).all()) and bool((size > 0).any())
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_an_illegal_example_is_caught_at_runtime(trained, monkeypatch):
+    target = HashingTarget.from_task(trained.model)
+    x = trained.datamodule.split("query")[0][:4]
+    monkeypatch.setattr("sslr.hashing.attacks.pgd", lambda clf, x, *a, **k: (x + 0.1).clamp(0, 1))
+    with attack_mode(target.network), pytest.raises(AttackBoundsError, match="outside"):
+        attack_queries(
+            target, x, target.encode(x), attack="pgd", norm="linf", eps=2 / 255, step=1 / 255,
+            steps=1, gradient="exact", batch_size=4,
+        )  # fmt: skip
+
+
+def test_art_gradient_is_the_gradient_of_the_objective(trained):
+    # ART's loss_gradient with the custom loss and nb_classes = K equals autograd on pixels.
+    target = HashingTarget.from_task(trained.model)
+    x = trained.datamodule.split("query")[0][:4]
+    goal = target.encode(x)
+    with attack_mode(target.network):
+        with HashingGradientClassifier(target, x.shape[1:], "pgd", GradientSource.EXACT) as clf:
+            art = clf.loss_gradient(x.clone(), goal)
+        xr = x.clone().requires_grad_(True)
+        u = target.codes(target.attack_target.normalize(xr))
+        (expected,) = torch.autograd.grad(CodeLoss("pgd")(u, goal), xr)
+    assert art.shape == x.shape and art.abs().sum() > 0
+    torch.testing.assert_close(art, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_hag_weights_drop_bits_flipped_past_the_margin():
+    b = torch.ones(1, 4)
+    u = torch.tensor([[0.9, 0.2, -0.4, -0.8]], requires_grad=True)  # |u - b| = .1 .8 1.4 1.8
+    (grad,) = torch.autograd.grad(CodeLoss("hag", margin=0.5)(u, b), u)
+    assert torch.equal(grad != 0, torch.tensor([[True, True, True, False]]))
+    (plain,) = torch.autograd.grad(CodeLoss("pgd")(u, b), u)
+    assert torch.allclose(plain, torch.full((1, 4), -0.25))
+
+
+def test_anchor_is_the_componentwise_majority():
+    codes = torch.tensor([[[1.0, -1, 1], [1, 1, -1], [-1, 1, 1]]])  # (1, n_t=3, K=3)
+    assert torch.equal(anchor_codes(codes), torch.tensor([[1.0, 1, 1]]))
+    assert torch.equal(anchor_codes(codes[:, :1]), codes[:, 0])  # P2P: the code itself
+
+
+def test_targets_avoid_the_query_label_and_anchors_carry_it():
+    db = torch.nn.functional.one_hot(torch.arange(40) % 4, 4).float()
+    queries = db[:6]
+    labels, index = draw_targets(queries, db, n_anchors=3, seed=1)
+    assert ((labels * queries).sum(1) == 0).all()
+    assert ((db[index] * labels[:, None]).sum(-1) > 0).all()  # every anchor has the target label
+    again = draw_targets(queries, db, n_anchors=3, seed=1)
+    assert torch.equal(again[0], labels) and torch.equal(again[1], index)
+
+
+def test_transfer_from_a_surrogate_and_eot_on_brsf(trained):
+    # The target: the trained weights switched to brsf; the surrogate: the bp model itself.
+    # eot runs on brsf and is skipped, with a warning, on bp.
+    task = trained.model
+    network = copy.deepcopy(task.network)
+    set_rule(network, "brsf")
+    target = HashingTarget(network, task.mean, task.std, bits=16)
+    config = HashingSuiteConfig(
+        attacks=["pgd"], gradients=["rule", "eot", "transfer"], eps=[0, 8 / 255], steps=2,
+        step=4 / 255, n_queries=8, eot_samples=2,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = run_hashing_suite(target, trained.datamodule, config, surrogate=task)
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    by_source = {(r.gradient, r.eps): r.accuracy for r in rows}
+    assert set(by_source) == {(g, e) for g in ("rule", "eot", "transfer") for e in (0, 8 / 255)}
+    assert by_source[("transfer", 8 / 255)] < by_source[("transfer", 0.0)]
+
+    bp_only_eot = HashingSuiteConfig(attacks=["pgd"], gradients=["eot"], eps=[0], n_queries=4)
+    with pytest.warns(UserWarning, match="eot' skipped"):
+        assert run_hashing_suite(task, trained.datamodule, bp_only_eot) == []
+
+
+BAD = {
+    "negative eps": ({"eps": [0, -2 / 255]}, "eps must be finite and >= 0"),
+    "eps in /255 units": ({"eps": [8]}, "not in /255 units"),
+    "unknown attack": ({"attacks": ["pgd", "fgsm"]}, "Unknown attack 'fgsm'"),
+    "zero steps": ({"steps": 0}, "steps must be a positive integer"),
+    "zero step": ({"step": 0.0}, "step must be > 0"),
+    "no queries": ({"n_queries": 0}, "n_queries must be a positive integer"),
+    "gradient none": ({"gradients": ["none"]}, "Unknown gradient source 'none'"),
+    "empty attacks": ({"attacks": []}, "attacks is empty"),
+    "missing surrogate": ({"surrogate_ckpt": "nowhere.ckpt"}, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_settings_fail_eagerly_with_one_clear_error(case):
+    kwargs, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        HashingSuiteConfig(**kwargs)
+
+
+def test_transfer_without_a_surrogate_fails_before_any_work(trained):
+    config = HashingSuiteConfig(gradients=["transfer"])
+    with pytest.raises(ValueError, match="needs a surrogate"):
+        run_hashing_suite(trained.model, object(), config)  # the data is never touched
