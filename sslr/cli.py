@@ -114,14 +114,16 @@ def run(args: list[str]) -> SslrCLI:
     strict = {"exit_on_error": False}
     parser_kwargs = {"description": _DESCRIPTION, **strict}
     parser_kwargs.update({name: dict(strict) for name in SslrCLI.subcommands()})
-    argv0, sys.argv = sys.argv, sys.argv[:1]  # the args are the command line (no warning)
+    # The args become the command line: Lightning's DDP launcher re-executes sys.argv to start
+    # the other processes, so they must see the same subcommand and options.
+    argv0, sys.argv = sys.argv, [sys.argv[0], *args]
     try:
-        return _cli(args, parser_kwargs)
+        return _cli(parser_kwargs)
     finally:
         sys.argv = argv0
 
 
-def _cli(args: list[str], parser_kwargs: dict) -> SslrCLI:
+def _cli(parser_kwargs: dict) -> SslrCLI:
     return SslrCLI(
         trainer_class=SslrTrainer,
         subclass_mode_model=True,
@@ -134,7 +136,6 @@ def _cli(args: list[str], parser_kwargs: dict) -> SslrCLI:
             }
         },
         parser_kwargs=parser_kwargs,
-        args=args,
     )
 
 

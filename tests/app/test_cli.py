@@ -189,3 +189,49 @@ def test_ddp_two_cpu_processes_with_a_rule():
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir("resnet18_usf") / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_attack_subcommand_on_a_fitted_run(capsys):
+    train = ["--trainer.limit_train_batches", "1.0", "--trainer.max_epochs", "2"]
+    assert main(["fit", "--config", QUICK, "--config", DEBUG, "--model.rule", "usf", *train]) == 0
+    run = run_dir("resnet18_usf")
+    attack = ["attack", "--config", str(run / "config.yaml")]
+    attack += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    suite = ["--suite.attacks", "[fgsm, pgd]", "--suite.n_samples", "24", "--suite.steps", "3"]
+    suite += ["--suite.eps", "[0, 0.03, 0.3]", "--suite.gradients", "[rule, exact]"]
+    assert main([*attack, *suite]) == 0
+    with open(run / "robustness.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n"]
+    assert len(rows) == 2 * 2 * 3  # attacks x gradient sources x epsilons
+    acc = {(r["attack"], r["gradient"], float(r["eps"])): float(r["accuracy"]) for r in rows}
+    clean = {v for (_, _, eps), v in acc.items() if eps == 0}
+    assert len(clean) == 1  # eps = 0 is the clean accuracy of the same subset, for every row
+    (clean,) = clean
+    assert clean > 0.5, acc  # two epochs on Digits: far above chance (0.1)
+    # A large L-inf ball with the true gradient: PGD drives accuracy far below clean.
+    assert acc[("pgd", "exact", 0.3)] < clean - 0.3, acc
+    assert (run / "robustness.png").stat().st_size > 1000
+    assert (run / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+    capsys.readouterr()
+    assert main([*attack, "--suite.eps", "[-0.1]"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("sslr: error:") and "eps" in last
+
+
+def test_attack_subcommand_on_a_hashing_run():
+    config = str(ROOT / "configs" / "hashing" / "quickstart_digits.yaml")
+    assert main(["fit", "--config", config, "--config", DEBUG]) == 0
+    run = Path("runs/debug/HashingDigits/resnet18_bp_16bits/version_0")
+    args = ["attack", "--config", str(run / "config.yaml")]
+    args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--hashing.n_queries", "8"]
+    args += ["--hashing.steps", "2", "--hashing.attacks", "[pgd, p2p]"]
+    args += ["--hashing.gradients", "[exact]"]
+    assert main(args) == 0
+    with open(run / "robustness.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["metric"] for r in rows} == {"mAP", "t-mAP"}
+    assert {r["attack"] for r in rows} == {"pgd", "p2p"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)

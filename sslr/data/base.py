@@ -1,0 +1,286 @@
+"""Shared logic of the in-memory DataModules (Digits, Fashion-MNIST, CIFAR and their hashing splits).
+
+A dataset that fits in memory is held as one uint8 *pool* of images (N, C, H, W), C in {1, 3},
+resized to ``image_size`` once at setup, plus one index tensor per split ("train", "val", "test",
+"query", ...). Exception: when upsampling would make the pool larger than 2 GiB (CIFAR at 224 px:
+9 GB), the pool stays at native resolution and each batch is upsampled where it lives, after
+augmentation (so the crop's padding is the same fraction of the image).
+Loaders slice whole batches out of the pool:
+
+- ``on_device=False``: a DataLoader whose workers fetch a batch with one ``index_select``;
+- ``on_device=True``: the pool is copied to the trainer's device once, and a :class:`DeviceLoader`
+  slices batches there (no workers, no host-to-device traffic during the epoch).
+
+Training batches travel as uint8 and become float [0, 1] RGB in ``on_after_batch_transfer``, where
+the light augmentation (random crop with zero padding, horizontal flip where it keeps the label)
+runs on the whole batch on the accelerator. Evaluation loaders yield float32 (N, 3, H, W) already,
+so code outside Lightning can iterate them as they are. Images are never normalized here: the
+task normalizes, so attack epsilons stay in pixel units.
+
+Determinism: the training order of epoch e is a function of (seed, e) (see :mod:`sslr.data.loaders`)
+and so is the augmentation's random stream, so a run resumed at an epoch boundary sees the same data.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from sslr.data.augment import (
+    crop_padding,
+    pool_size,
+    random_crop,
+    random_hflip,
+    resize_uint8,
+    to_float_rgb,
+)
+from sslr.data.loaders import (
+    DeviceLoader,
+    EpochBatchSampler,
+    TensorBatches,
+    identity_collate,
+    mix_seed,
+)
+from sslr.data.splits import random_subset, stratified_split
+
+_AUGMENT = 101  # purpose mixed into the augmentation seed
+
+Stats = tuple[float, float, float]
+
+
+def default_root() -> str:
+    """Where datasets are looked for and downloaded when ``root`` is None: $SSLR_DATA, else ./data."""
+    return os.environ.get("SSLR_DATA") or "data"
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base of the DataModules whose whole dataset is one uint8 tensor (see the module docstring).
+
+    Subclasses set the class attributes ``num_classes``, ``mean``, ``std`` (statistics of the
+    [0, 1] training pixels, for the task's normalization) and ``flip`` (whether a horizontal
+    flip keeps the label), and implement :meth:`_load`.
+    """
+
+    num_classes: int
+    mean: Stats
+    std: Stats
+    flip: bool = True
+
+    def __init__(
+        self,
+        root: str | None,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        seed: int,
+        augment: bool,
+        image_size: int | None,
+        on_device: bool,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
+        if image_size is not None and image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}.")
+        self.save_hyperparameters()
+        self.root = root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.augment = augment
+        self.image_size: int = image_size or 32
+        self.on_device = on_device
+        self._x: Tensor | None = None  # (N, C, s, s) uint8 pool, s = image_size (or native)
+        self._y: Tensor | None = None  # (N,) long or (N, K) float
+        self._index: dict[str, Tensor] = {}
+        self._resident: tuple[torch.device, Tensor, Tensor, dict[str, Tensor]] | None = None
+        self._aug_key: tuple[torch.device, int] | None = None
+        self._aug_gen: torch.Generator | None = None
+
+    # ---- what subclasses provide -------------------------------------------------------------
+
+    def _load(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Read the data: (images uint8 (N, C, h, w), targets (N,) or (N, K), split -> indices)."""
+        raise NotImplementedError
+
+    # ---- setup ---------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data and build the splits once; resize the whole pool to ``image_size``."""
+        if self._x is not None:
+            return
+        x, y, index = self._load()
+        size = pool_size(x.shape[0], x.shape[1], max(x.shape[-2:]), self.image_size)
+        self._x = resize_uint8(x, size)
+        self._y = y
+        self._index = index
+
+    def split_names(self) -> list[str]:
+        """Names of the splits built by :meth:`setup`."""
+        self._need_setup()
+        return list(self._index)
+
+    def split_indices(self, name: str) -> Tensor:
+        """Indices into the pool of one split (sorted; for checks and analysis)."""
+        self._need_setup()
+        return self._index[name].clone()
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """A whole split as tensors: x float32 (N, 3, S, S) in [0, 1], and its targets."""
+        self._need_setup()
+        idx = self._index[name]
+        x = to_float_rgb(self._x.index_select(0, idx), self.image_size)
+        return x, self._y.index_select(0, idx)
+
+    def _need_setup(self) -> None:
+        if self._x is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before reading the splits.")
+
+    # ---- loaders -------------------------------------------------------------------------------
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _loader(self, name: str, train: bool) -> DataLoader | DeviceLoader:
+        self.setup()
+        n = self._index[name].numel()
+        as_float = not train
+        if self.on_device:
+            # Under DDP each process shards training *and* evaluation data itself (Lightning
+            # only shards DataLoaders); single-device runs see everything.
+            sampler = self._sampler(n, shuffle=train)
+            x, y, index = self._on_device(self._device())
+            return DeviceLoader(x, y, index[name], sampler, as_float, self.image_size)
+        dataset = TensorBatches(self._x, self._y, self._index[name], as_float, self.image_size)
+        common: dict[str, Any] = dict(
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and self._device().type == "cuda",
+            persistent_workers=self.num_workers > 0,
+            collate_fn=identity_collate,
+        )
+        if train:
+            # batch_size=None: the sampler yields whole batches, the dataset slices them at once.
+            sampler = self._sampler(n, shuffle=True)
+            return DataLoader(dataset, batch_size=None, sampler=sampler, **common)
+        # Evaluation: a plain DataLoader, which Lightning shards itself under DDP.
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **common)
+
+    def _sampler(self, n: int, shuffle: bool) -> EpochBatchSampler:
+        """Batches of this process's share (all of it on a single device)."""
+        trainer = self.trainer
+        replicas, rank = 1, 0
+        if trainer is not None and trainer.world_size > 1:
+            replicas, rank = trainer.world_size, trainer.global_rank
+        return EpochBatchSampler(n, self.batch_size, self.seed, shuffle, replicas, rank)
+
+    def _on_device(self, device: torch.device) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The pool and split indices on ``device``, copied there once."""
+        if self._resident is None or self._resident[0] != device:
+            self._resident = None  # free the old copy first
+            index = {k: v.to(device) for k, v in self._index.items()}
+            self._resident = (device, self._x.to(device), self._y.to(device), index)
+        return self._resident[1], self._resident[2], self._resident[3]
+
+    # ---- batches on the accelerator ------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 -> float [0, 1] RGB; augment whole training batches where they now live."""
+        x, y = batch
+        trainer = self.trainer
+        train = trainer is not None and trainer.training
+        return self.transform_batch(x, train=train), y
+
+    def transform_batch(self, x: Tensor, train: bool) -> Tensor:
+        """x uint8/float (N, C, s, s) -> float32 (N, 3, S, S) in [0, 1], S = ``image_size``.
+
+        Augmentation (when ``train`` and ``augment``): random crop with zero padding (4 px at
+        32 px, the same fraction at other sizes), then a horizontal flip with probability 1/2 if
+        the dataset's ``flip`` allows it; then upsampling to S if the pool is kept smaller.
+        """
+        x = to_float_rgb(x)
+        if train and self.augment:
+            g = self._augment_generator(x.device)
+            x = random_crop(x, crop_padding(x.shape[-1]), g)
+            if self.flip:
+                x = random_hflip(x, g)
+        return to_float_rgb(x, self.image_size)
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        """A generator on ``device`` reseeded from (seed, epoch, rank) whenever the epoch changes."""
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0  # DDP: a stream per process
+        key = (device, epoch)
+        if self._aug_key != key:
+            self._aug_gen = torch.Generator(device=device).manual_seed(
+                mix_seed(self.seed, _AUGMENT, epoch, rank)
+            )
+            self._aug_key = key
+        return self._aug_gen
+
+
+class ClassificationDataModule(InMemoryDataModule):
+    """In-memory classification data: official train/test parts, a seeded stratified val split.
+
+    Splits: "train" (the official training part minus "val", capped at ``subset``), "val"
+    (``val_fraction`` of every class of the official training part, drawn with ``seed``) and
+    "test" (the official test part). ``predict_dataloader`` is the test split.
+    """
+
+    def __init__(
+        self,
+        root: str | None,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        val_fraction: float,
+        seed: int,
+        augment: bool,
+        image_size: int | None,
+        on_device: bool,
+        subset: int | None,
+    ) -> None:
+        super().__init__(
+            root, batch_size, num_workers, pin_memory, seed, augment, image_size, on_device
+        )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        if subset is not None and subset < 1:
+            raise ValueError(f"subset must be a positive number of training images, got {subset}.")
+        self.val_fraction = val_fraction
+        self.subset = subset
+
+    def _load_train_test(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_train, y_train, x_test, y_test): uint8 images (N, C, h, w), long targets (N,)."""
+        raise NotImplementedError
+
+    def _load(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        x_train, y_train, x_test, y_test = self._load_train_test()
+        train, val = stratified_split(y_train, self.val_fraction, self.seed)
+        train = random_subset(train, self.subset, self.seed)
+        n = y_train.numel()
+        index = {"train": train, "val": val, "test": torch.arange(n, n + y_test.numel())}
+        return torch.cat([x_train, x_test]), torch.cat([y_train, y_test]).long(), index
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self):
+        return self._loader("test", train=False)
