@@ -10,7 +10,8 @@ measure B against W with ``alignment``. Imports torch only.
 from .alignment import alignment
 from .context import exact_gradients, resampling
 from .convert import convert_model, feedback_layers, set_rule
-from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from .layers import FeedbackConv2d, FeedbackLinear
+from .rule_state import FeedbackLayer
 from .rules import RuleName, ScaleName, list_rules, list_scales
 
 __all__ = [

@@ -1,0 +1,123 @@
+"""Turning any model's nn.Conv2d / nn.Linear layers into feedback layers, and switching rules."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+from .layers import FeedbackConv2d, FeedbackLinear
+from .rule_state import FeedbackLayer
+from .rules import get_rule, get_scale
+from .seeding import derive_seed, random_seed
+
+# Exact types only: subclasses such as MultiheadAttention's NonDynamicallyQuantizableLinear
+# are used through their .weight by their owner, so their forward (and B) would never run.
+_CONVERTIBLE: dict[type[nn.Module], type[FeedbackLayer]] = {
+    nn.Conv2d: FeedbackConv2d,
+    nn.Linear: FeedbackLinear,
+}
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    return isinstance(module, FeedbackLayer) or type(module) in _CONVERTIBLE
+
+
+def convert_model(
+    model: nn.Module,
+    rule: str,
+    *,
+    scale: str = "xavier",
+    exclude: Iterable[str] | str = (),
+    seed: int | None = None,
+) -> nn.Module:
+    """Replace every nn.Conv2d and nn.Linear of ``model`` with a feedback layer using ``rule``.
+
+    The new layers have the same configuration and the very same weight and bias Parameters,
+    so the forward output is unchanged (pretrained weights are kept) and an optimizer built
+    before keeps working. Layers whose name (from ``named_modules()``), or an ancestor's,
+    matches a pattern of ``exclude`` (fnmatch, e.g. ``"fc"``, ``"classifier.6"``,
+    ``"layer4*"``) stay plain BP. Feedback layers already present switch rule and scale in
+    place (keeping their seeds). Each new layer's seed derives from ``seed`` and the layer's
+    index among the convertible layers; ``seed=None`` draws it from torch's global RNG.
+
+    Like timm's ``convert_sync_batchnorm``, children are replaced in place and the
+    (possibly new) root is returned: ``model = convert_model(model, "usf")``.
+    """
+    rule_ = get_rule(rule)
+    scale_ = get_scale(scale)
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    names = [name for name, module in model.named_modules() if _is_candidate(module)]
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer to convert to a "
+            "feedback rule."
+        )
+    all_names = [name for name, _ in model.named_modules()]
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name in all_names):
+            warnings.warn(
+                f"exclude pattern {pattern!r} matches no module of {type(model).__name__}",
+                stacklevel=2,
+            )
+    if seed is None:
+        seed = random_seed()
+    index = {name: i for i, name in enumerate(names)}
+    converted: dict[int, nn.Module] = {}  # shared modules are converted once
+
+    def convert(module: nn.Module, name: str, excluded: bool) -> nn.Module:
+        excluded = excluded or any(fnmatchcase(name, p) for p in patterns)
+        if id(module) in converted:
+            return converted[id(module)]
+        new = module
+        if isinstance(module, FeedbackLayer):
+            module.set_rule("bp" if excluded else rule_, scale_)
+        elif type(module) in _CONVERTIBLE:
+            if not excluded:
+                layer_seed = derive_seed(seed, index[name])
+                new = _CONVERTIBLE[type(module)].from_module(module, rule_, scale_, layer_seed)
+        else:
+            for child_name, child in list(module._modules.items()):  # duplicates too
+                if child is None:
+                    continue
+                new_child = convert(child, f"{name}.{child_name}" if name else child_name, excluded)
+                if new_child is not child:
+                    setattr(module, child_name, new_child)
+        converted[id(module)] = new
+        return new
+
+    root = convert(model, "", False)
+    if not any(True for _ in feedback_layers(root)):
+        raise ValueError(
+            f"exclude={patterns!r} leaves no layer of {type(model).__name__} to convert."
+        )
+    return root
+
+
+def feedback_layers(model: nn.Module) -> Iterator[tuple[str, FeedbackLayer]]:
+    """The (name, layer) pairs of the feedback layers of ``model`` (the root included)."""
+    for name, module in model.named_modules():
+        if isinstance(module, FeedbackLayer):
+            yield name, module
+
+
+def set_rule(model: nn.Module, rule: str) -> nn.Module:
+    """Switch every feedback layer of ``model`` to ``rule`` in place; returns ``model``.
+
+    No module is replaced and the Parameters stay the same objects, so an optimizer and its
+    state keep working (e.g. BP for some epochs, then the rule). Buffers are added or removed
+    as the rule needs; fa/frsf draw M deterministically from each layer's seed. Layers left
+    plain by ``convert_model(exclude=...)`` stay plain. Call it on every rank under DDP, and
+    before wrapping (DDP lists the buffers it broadcasts when it wraps the model).
+    """
+    rule_ = get_rule(rule)
+    layers = [layer for _, layer in feedback_layers(model)]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no feedback layer: convert it first with convert_model."
+        )
+    for layer in layers:
+        layer.set_rule(rule_)
+    return model

@@ -1,0 +1,182 @@
+"""The state a feedback layer owns for its rule, and the B it uses now.
+
+A persistent buffer for fa (``feedback_weight``) and frsf (``feedback_magnitude``); for brsf
+the seed and the draw counter (``feedback_seed``, ``feedback_draws``), so a state_dict round
+trip reproduces B. Feedback tensors are buffers or tensors derived in the backward pass,
+never Parameters (Lightning's BaseFinetuning sets requires_grad on every Parameter).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import Tensor
+
+from .functional import Draw
+from .rules import FeedbackRule, Scale, get_rule, get_scale
+from .seeding import (
+    FIXED,
+    RESAMPLE,
+    TRAIN,
+    cpu_generator,
+    derive_seed,
+    hashed_uniform_like,
+    random_seed,
+    uniform_like,
+)
+
+_SEED, _DRAWS = "feedback_seed", "feedback_draws"
+
+
+class FeedbackLayer:
+    """Mixin holding a layer's rule, scale, seed and rule state (see FeedbackConv2d)."""
+
+    weight: Tensor
+    _buffers: dict[str, Tensor | None]
+
+    def _init_feedback(self, rule: str, scale: str, seed: int | None) -> None:
+        self._rule: FeedbackRule = get_rule("bp")
+        self._scale: Scale = get_scale(scale)
+        self._seed = random_seed() if seed is None else int(seed)
+        self._constant = 1.0  # s of uSF for non-adaptive scales
+        self._bound = 1.0  # a of the random draws
+        self._exact_depth = 0  # > 0 inside exact_gradients()
+        self._resample_count: int | None = None  # not None inside resampling()
+        self._host: tuple | None = None  # host copy of brsf's (seed, draws), see _brsf_state
+        self._hashed = False  # brsf's last draw was made under torch.compile
+        self.set_rule(rule, scale)
+
+    # -- public attributes ---------------------------------------------------------------
+
+    @property
+    def rule(self) -> str:
+        """Name of the learning rule (assigning a name switches it, like ``set_rule``)."""
+        return self._rule.name
+
+    @rule.setter
+    def rule(self, rule: str) -> None:
+        self.set_rule(rule)
+
+    @property
+    def scale(self) -> str:
+        """Name of the feedback scale."""
+        return self._scale.name
+
+    @property
+    def seed(self) -> int:
+        """The layer's seed: fa/frsf draw M from it, brsf every B."""
+        if self._rule.resamples:
+            return self._brsf_state()[0]
+        return self._seed
+
+    def set_rule(self, rule: str, scale: str | None = None) -> None:
+        """Switch rule (and scale) in place: same parameters, buffers added/removed as needed.
+
+        fa/frsf draw M deterministically from the layer's seed; brsf starts its draw counter
+        at 0 (kept when the layer already is brsf).
+        """
+        new_rule = get_rule(rule)
+        new_scale = self._scale if scale is None else get_scale(scale)
+        if new_rule is self._rule and new_scale is self._scale and self._state_complete():
+            return
+        seed = self.seed  # read before brsf's buffers go
+        keep_draws = new_rule.resamples and self._rule.resamples and _DRAWS in self._buffers
+        for name in ("feedback_weight", "feedback_magnitude", _SEED, _DRAWS):
+            if name in self._buffers and not (keep_draws and name in (_SEED, _DRAWS)):
+                del self._buffers[name]
+        w = self.weight
+        if new_rule.fixed_buffer is not None:
+            generator = cpu_generator(derive_seed(seed, FIXED, zlib.crc32(new_rule.name.encode())))
+            m = new_rule.draw_fixed(w, new_scale, generator)  # CPU float64: device-independent
+            dtype = w.dtype if w.is_floating_point() else torch.get_default_dtype()
+            self.register_buffer(new_rule.fixed_buffer, m.to(device=w.device, dtype=dtype))
+        if new_rule.resamples and not keep_draws:
+            self.register_buffer(_SEED, torch.tensor(seed, dtype=torch.int64, device=w.device))
+            self.register_buffer(_DRAWS, torch.zeros((), dtype=torch.int64, device=w.device))
+        self._rule, self._scale, self._seed, self._host = new_rule, new_scale, seed, None
+        self._bound = new_scale.bound(w)
+        self._constant = 0.0 if new_scale.adaptive else new_scale.constant(w)
+
+    def _state_complete(self) -> bool:
+        r = self._rule
+        if r.fixed_buffer is not None and r.fixed_buffer not in self._buffers:
+            return False
+        return not r.resamples or (_SEED in self._buffers and _DRAWS in self._buffers)
+
+    # -- B -------------------------------------------------------------------------------
+
+    def _uses_feedback(self) -> bool:
+        return not (self._rule.exact or self._exact_depth)
+
+    def _feedback_state(self) -> tuple[Tensor | None, Draw | None]:
+        """The rule's random tensor for this forward, or the spec of a draw in the backward.
+
+        brsf advances its draw counter for a training forward. Inside torch.compile the draw
+        is a hash of (seed, counter, index) made in the backward on the device, which fuses
+        into B's kernel: no graph break, no host work (see functional.Draw).
+        """
+        rule = self._rule
+        if rule.fixed_buffer is not None:
+            return self._buffers[rule.fixed_buffer], None
+        if not rule.resamples:
+            return None, None
+        if torch.compiler.is_compiling() and self._resample_count is None:
+            self._hashed = True
+            seed, draws = self._buffers[_SEED], self._buffers[_DRAWS]
+            return None, Draw(seed, draws, self._bound, self.training)
+        return self._draw_magnitude(), None
+
+    def _hashed_magnitude(self) -> Tensor:
+        # The draw a compiled forward made last (see _feedback_state).
+        seed, draws = self._buffers[_SEED], self._buffers[_DRAWS]
+        return hashed_uniform_like(self.weight.detach(), self._bound, seed, draws)
+
+    @torch.compiler.disable  # a host-side generator seeded per draw: kept out of graphs
+    def _draw_magnitude(self) -> Tensor:
+        seed, draws = self._brsf_state()
+        self._hashed = False
+        if self.training:  # a new batch: a new B
+            draws += 1
+            self._set_draws(seed, draws)
+            key = derive_seed(seed, TRAIN, draws)
+        elif self._resample_count is not None:  # attacks: a fresh B per forward
+            key = derive_seed(seed, RESAMPLE, draws, self._resample_count)
+            self._resample_count += 1
+        else:  # eval: the current draw, unchanged
+            key = derive_seed(seed, TRAIN, draws)
+        return uniform_like(self.weight.detach(), 0.0, self._bound, key)
+
+    def _brsf_state(self) -> tuple[int, int]:
+        # (seed, draws) on the host, so a draw needs no device sync. The buffers are the
+        # truth: reread them when replaced or written in place (load_state_dict, .to(),
+        # DDP's broadcast), which their identity and _version reveal.
+        s, d = self._buffers[_SEED], self._buffers[_DRAWS]
+        h = self._host
+        if h is None or h[0] is not s or h[1] != s._version or h[2] is not d or h[3] != d._version:
+            h = self._host = (s, s._version, d, d._version, int(s), int(d))
+        return h[4], h[5]
+
+    def _set_draws(self, seed: int, draws: int) -> None:
+        s, d = self._buffers[_SEED], self._buffers[_DRAWS]
+        d.fill_(draws)
+        self._host = (s, s._version, d, d._version, seed, draws)
+
+    def feedback_matrix(self) -> Tensor:
+        """B as the layer's backward would use it now (detached; brsf: the current draw)."""
+        w = self.weight.detach()
+        if not self._uses_feedback():
+            return w
+        rule, aux = self._rule, None
+        if rule.fixed_buffer is not None:
+            aux = self._buffers[rule.fixed_buffer]
+        elif rule.resamples and self._hashed:  # the last draw was under torch.compile
+            aux = self._hashed_magnitude()
+        elif rule.resamples:
+            seed, draws = self._brsf_state()
+            aux = uniform_like(w, 0.0, self._bound, derive_seed(seed, TRAIN, draws))
+        with torch.no_grad():
+            return rule.matrix(w, aux, self._scale, self._constant)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rule={self.rule!r}, scale={self.scale!r}"

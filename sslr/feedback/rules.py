@@ -1,0 +1,309 @@
+"""Registries of feedback rules (what B is) and scales (how large B is).
+
+A feedback layer computes its forward pass with W; in the backward pass the error sent to the
+layer below is multiplied by a feedback matrix B instead of W. Each rule here is a pure
+recipe for B from the layer's weight W, an auxiliary tensor the layer owns (the random M of
+fa/frsf/brsf) and a scale. The layers in :mod:`sslr.feedback.layers` own the state (buffers,
+seeds, draw counters); this module only holds formulas, so the same code builds B inside
+the backward pass and for :func:`sslr.feedback.alignment`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.nn.init import _calculate_fan_in_and_fan_out
+
+RuleName = Literal["bp", "fa", "usf", "frsf", "brsf"]
+ScaleName = Literal["xavier", "meanabs", "none"]
+
+_RULES: dict[str, FeedbackRule] = {}
+_SCALES: dict[str, Scale] = {}
+
+
+# ----------------------------------------------------------------------------------------
+# Scales
+
+
+class Scale:
+    """How large B is: ``constant`` scales s*sign(W), ``bound`` is a in M ~ U(-a, a).
+
+    ``adaptive`` scales are recomputed from the current W every time B is built.
+    """
+
+    name: ClassVar[str]
+    adaptive: ClassVar[bool] = False
+
+    def constant(self, weight: Tensor) -> float:
+        """s of uSF's s*sign(W) for a non-adaptive scale (depends on W's shape only)."""
+        raise NotImplementedError
+
+    def bound(self, weight: Tensor) -> float:
+        """a of the random draw M ~ U(-a, a) (fa, frsf, brsf)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"Scale({self.name!r})"
+
+    def __reduce__(self):  # singletons: unpickle to the registered instance
+        return (get_scale, (self.name,))
+
+
+def register_scale(cls: type[Scale]) -> type[Scale]:
+    """Class decorator adding a scale to the registry; duplicate names are refused."""
+    if cls.name in _SCALES:
+        raise ValueError(f"a scale named {cls.name!r} is already registered")
+    _SCALES[cls.name] = cls()
+    return cls
+
+
+def _fan_sum(weight: Tensor) -> int:
+    # PyTorch's count: conv fans include the kernel size (fan_in = C_in/groups * kh * kw).
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(weight)
+    return fan_in + fan_out
+
+
+@register_scale
+class XavierScale(Scale):
+    """Glorot/Xavier scale, BioTorch's and therefore the paper's default.
+
+    uSF: s = sqrt(2 / (fan_in + fan_out)). Random M ~ U(-a, a), a = sqrt(6 / (fan_in +
+    fan_out)) (xavier_uniform), so |M| ~ U(0, a) has root-mean-square s: uSF and frSF/brSF
+    send errors of the same size. Fans as torch.nn.init counts them (conv: times kh*kw).
+    """
+
+    name = "xavier"
+
+    def constant(self, weight: Tensor) -> float:
+        return math.sqrt(2.0 / _fan_sum(weight))
+
+    def bound(self, weight: Tensor) -> float:
+        return math.sqrt(6.0 / _fan_sum(weight))
+
+
+@register_scale
+class MeanAbsScale(Scale):
+    """s = mean|W| of the layer, recomputed from the current W whenever B is built.
+
+    mean|W| is the least-squares best s for s*sign(W) (when W has no zeros). Random
+    magnitudes are drawn from U(0, 1) (|M|, M ~ U(-1, 1)) and rescaled so that
+    mean|B| = mean|W| exactly.
+    """
+
+    name = "meanabs"
+    adaptive = True
+
+    def constant(self, weight: Tensor) -> float:
+        raise TypeError("meanabs is adaptive: its s is computed from the current W")
+
+    def bound(self, weight: Tensor) -> float:
+        return 1.0
+
+
+@register_scale
+class NoScale(Scale):
+    """No scaling: uSF's B = sign(W) (s = 1); random M ~ U(-1, 1), so |M| ~ U(0, 1).
+
+    Unscaled sign feedback makes errors explode through deep pretrained networks: this is the
+    ablation, not a setting to fine-tune with.
+    """
+
+    name = "none"
+
+    def constant(self, weight: Tensor) -> float:
+        return 1.0
+
+    def bound(self, weight: Tensor) -> float:
+        return 1.0
+
+
+def _meanabs_factor(weight: Tensor, reference: Tensor) -> Tensor:
+    """mean|W| / mean|reference| as a 0-dim tensor (meanabs rescaling of random B)."""
+    return weight.abs().mean() / reference.abs().mean()
+
+
+# ----------------------------------------------------------------------------------------
+# Rules
+
+
+class FeedbackRule:
+    """One learning rule: how B is built from W, the layer's auxiliary tensor and a scale.
+
+    Class attributes describe the state a layer must own for the rule:
+    ``exact`` (B = W: the layer runs as plain nn.Conv2d/nn.Linear), ``fixed_buffer`` (name of
+    a persistent buffer drawn once from the layer's seed) and ``resamples`` (a fresh random
+    magnitude per training batch, from the layer's seed and draw counter).
+    """
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = False
+    fixed_buffer: ClassVar[str | None] = None
+    resamples: ClassVar[bool] = False
+
+    def draw_fixed(self, weight: Tensor, scale: Scale, generator: torch.Generator) -> Tensor:
+        """The persistent random tensor (on the CPU, in float64) for ``fixed_buffer``."""
+        raise NotImplementedError
+
+    def matrix(self, weight: Tensor, aux: Tensor | None, scale: Scale, constant: float) -> Tensor:
+        """B for weight W; ``aux`` is the layer's random tensor, ``constant`` its fixed s."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"FeedbackRule({self.name!r})"
+
+    def __reduce__(self):
+        return (get_rule, (self.name,))
+
+
+def register_rule(cls: type[FeedbackRule]) -> type[FeedbackRule]:
+    """Class decorator adding a rule to the registry; duplicate names are refused."""
+    if cls.name in _RULES:
+        raise ValueError(f"a rule named {cls.name!r} is already registered")
+    _RULES[cls.name] = cls()
+    return cls
+
+
+def _uniform_magnitude(shape, bound: float, generator: torch.Generator) -> Tensor:
+    # |M| with M ~ U(-a, a) is distributed as U(0, a): one draw, no abs.
+    return torch.empty(shape, dtype=torch.float64).uniform_(0.0, bound, generator=generator)
+
+
+def _signed_magnitude(weight: Tensor, magnitude: Tensor, scale: Scale) -> Tensor:
+    # sign(W) from the full-precision weight: casting W first could flush tiny weights to 0.
+    b = torch.sign(weight).mul_(magnitude)
+    if scale.adaptive:
+        b.mul_(_meanabs_factor(weight, magnitude))
+    return b
+
+
+@register_rule
+class Backprop(FeedbackRule):
+    """Backpropagation, the control: B = W.
+
+    The layer runs as plain nn.Conv2d / nn.Linear, so its gradients are exactly theirs.
+    (Rumelhart, Hinton & Williams 1986.)
+    """
+
+    name = "bp"
+    exact = True
+
+    def matrix(self, weight, aux, scale, constant):
+        return weight
+
+
+@register_rule
+class FeedbackAlignment(FeedbackRule):
+    """Feedback alignment: B = M, a fixed random matrix independent of W.
+
+    M ~ U(-a, a) drawn once from the layer's seed and kept as the persistent buffer
+    ``feedback_weight`` (a from the scale; meanabs rescales B so mean|B| = mean|W|).
+    Lillicrap, Cownden, Tweed & Akerman 2016, "Random synaptic feedback weights support
+    error backpropagation for deep learning". The baseline sign-symmetry improves on.
+    """
+
+    name = "fa"
+    fixed_buffer = "feedback_weight"
+
+    def draw_fixed(self, weight, scale, generator):
+        a = scale.bound(weight)
+        return torch.empty(weight.shape, dtype=torch.float64).uniform_(-a, a, generator=generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        if scale.adaptive:
+            return aux * _meanabs_factor(weight, aux)
+        return aux
+
+
+@register_rule
+class UniformSignSymmetry(FeedbackRule):
+    """Uniform sign-symmetry (uSF): B = s * sign(W), one magnitude s for the whole layer.
+
+    s from the scale: xavier sqrt(2/(fan_in+fan_out)), meanabs mean|W|, none 1. No state.
+    Liao, Leibo & Poggio 2016, "How important is weight symmetry in backpropagation?";
+    at ImageNet scale: Xiao, Chen, Liao & Poggio 2018.
+    """
+
+    name = "usf"
+
+    def matrix(self, weight, aux, scale, constant):
+        b = torch.sign(weight)
+        return b.mul_(weight.abs().mean() if scale.adaptive else constant)
+
+
+@register_rule
+class FixedRandomSignSymmetry(FeedbackRule):
+    """Fixed random-magnitude sign-symmetry (frSF): B = |M| * sign(W), M drawn once.
+
+    |M| is the persistent buffer ``feedback_magnitude``, |M| ~ U(0, a) (M ~ U(-a, a)), drawn
+    once from the layer's seed; the signs follow the current W. Liao, Leibo & Poggio 2016.
+    """
+
+    name = "frsf"
+    fixed_buffer = "feedback_magnitude"
+
+    def draw_fixed(self, weight, scale, generator):
+        return _uniform_magnitude(weight.shape, scale.bound(weight), generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        return _signed_magnitude(weight, aux, scale)
+
+
+@register_rule
+class BatchRandomSignSymmetry(FeedbackRule):
+    """Batch random-magnitude sign-symmetry (brSF): B = |M_t| * sign(W), M_t redrawn per batch.
+
+    |M_t| ~ U(0, a) is a function of the layer's seed and its draw counter t (buffers
+    ``feedback_seed`` and ``feedback_draws``): a training forward advances t; eval forwards
+    reuse the current draw unless :func:`sslr.feedback.resampling` is active. Eager draws
+    come from the device's generator seeded with a hash of (seed, t) (CPU and CUDA give
+    different sequences); under torch.compile |M_t| is a counter hash computed on the device
+    in the backward, where t also advances (another sequence, equally reproducible).
+    Liao, Leibo & Poggio 2016.
+    """
+
+    name = "brsf"
+    resamples = True
+
+    def matrix(self, weight, aux, scale, constant):
+        return _signed_magnitude(weight, aux, scale)
+
+
+# ----------------------------------------------------------------------------------------
+# Lookup
+
+
+def list_rules() -> list[str]:
+    """Names of the registered feedback rules."""
+    return list(_RULES)
+
+
+def list_scales() -> list[str]:
+    """Names of the registered feedback scales."""
+    return list(_SCALES)
+
+
+def get_rule(rule: str | FeedbackRule) -> FeedbackRule:
+    """The registered rule named ``rule``; ValueError listing the known ones otherwise."""
+    if isinstance(rule, FeedbackRule):
+        return rule
+    try:
+        return _RULES[rule]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown feedback rule {rule!r}; known rules: {', '.join(_RULES)}"
+        ) from None
+
+
+def get_scale(scale: str | Scale) -> Scale:
+    """The registered scale named ``scale``; ValueError listing the known ones otherwise."""
+    if isinstance(scale, Scale):
+        return scale
+    try:
+        return _SCALES[scale]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown feedback scale {scale!r}; known scales: {', '.join(_SCALES)}"
+        ) from None
