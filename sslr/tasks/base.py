@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from sslr.errors import UserError
@@ -97,11 +98,26 @@ class FeedbackTask(LightningModule):
         note = f" (fresh: {', '.join(skipped)})" if skipped else ""
         log.info("loaded pretrained weights from %s%s", source, note)
 
+    # --- checkpoints in the run folder -------------------------------------------------
+
+    def checkpoint_callbacks(self, monitor: str) -> list[ModelCheckpoint]:
+        """best.ckpt (by ``monitor``, higher is better) and last.ckpt (every epoch).
+
+        Two callbacks, because Lightning's ``save_last`` refreshes last.ckpt only when the
+        monitored metric improves, and a resume must start from the last epoch, not the best.
+        """
+        best = ModelCheckpoint(
+            filename="best", monitor=monitor, mode="max", auto_insert_metric_name=False
+        )
+        last = ModelCheckpoint(filename="last", enable_version_counter=False)
+        return [best, last]
+
     # --- training guard -----------------------------------------------------------------
 
     def check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
-            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            last = [c for c in self.trainer.checkpoint_callbacks if c.filename == "last"]
+            ckpt = (last[0].best_model_path if last else "") or "none yet"
             raise NonFiniteLossError(
                 f"Non-finite training loss ({loss.item()}) at step {self.global_step} "
                 f"(epoch {self.current_epoch}) with rule {self.rule} (scale "

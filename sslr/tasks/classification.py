@@ -7,7 +7,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -102,13 +101,4 @@ class ClassificationTask(FeedbackTask):
         return self(x).argmax(dim=1)
 
     def configure_callbacks(self):
-        # best.ckpt by validation accuracy, and last.ckpt, in the run folder's checkpoints/.
-        return [
-            ModelCheckpoint(
-                filename="best",
-                monitor="val/acc",
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-            )
-        ]
+        return self.checkpoint_callbacks("val/acc")

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
@@ -218,13 +217,4 @@ class HashingTask(FeedbackTask):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def configure_callbacks(self):
-        # best.ckpt by validation mAP, and last.ckpt, in the run folder's checkpoints/.
-        return [
-            ModelCheckpoint(
-                filename="best",
-                monitor="val/mAP",
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-            )
-        ]
+        return self.checkpoint_callbacks("val/mAP")
