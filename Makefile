@@ -35,8 +35,11 @@ format: install  ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix sslr tests benchmarks
 	$(VENV)/bin/ruff format sslr tests benchmarks
 
-bench: install  ## run the benchmarks (small sizes on the CPU, full sizes on CUDA)
+bench: install  ## run every benchmark (small sizes on the CPU, full sizes on CUDA); tables to benchmarks/results/
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/epoch_time.py
+	$(PY) benchmarks/attack_throughput.py
+	$(PY) benchmarks/map_time.py
 
 demo: install  ## the main job on embedded data (Digits, CPU): BP pretraining, then bp and usf fine-tuning
 	$(PY) -m sslr.demo

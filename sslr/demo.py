@@ -16,6 +16,7 @@ import csv
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="images attacked per model")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    import sslr.cli  # noqa: F401  (Lightning sets its loggers' levels on import: quiet them after)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "sslr"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")  # a demo prints its table, not library deprecations
     out = Path(args.out) / str(int(time.time()))
     start = time.time()
 
