@@ -284,3 +284,36 @@ class ClassificationDataModule(InMemoryDataModule):
 
     def predict_dataloader(self):
         return self._loader("test", train=False)
+
+
+class DownloadableDataModule(ClassificationDataModule):
+    """A classification set that torchvision can download (CIFAR, Fashion-MNIST): the common
+    options plus ``download`` (in ``prepare_data``, only when no local copy is found)."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = 32,
+        on_device: bool = False,
+        subset: int | None = None,
+        download: bool = True,
+    ) -> None:
+        super().__init__(
+            root,
+            batch_size,
+            num_workers,
+            pin_memory,
+            val_fraction,
+            seed,
+            augment,
+            image_size,
+            on_device,
+            subset,
+        )
+        self.download = download

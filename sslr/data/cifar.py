@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import ClassificationDataModule, default_root
+from sslr.data.base import DownloadableDataModule, default_root
 from sslr.data.errors import DatasetNotFoundError
 
 
@@ -74,7 +74,7 @@ def load_cifar(name: str, root: str | None) -> tuple[Tensor, Tensor, Tensor, Ten
         raise cifar_not_found(name, root) from err
 
 
-class _CIFAR(ClassificationDataModule):
+class _CIFAR(DownloadableDataModule):
     """CIFAR through torchvision: downloaded in ``prepare_data`` when ``download`` and online.
 
     Offline and absent, ``prepare_data`` (and ``setup``) raise DatasetNotFoundError with one
@@ -84,34 +84,6 @@ class _CIFAR(ClassificationDataModule):
 
     dataset_name: str
     flip = True
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            pin_memory,
-            val_fraction,
-            seed,
-            augment,
-            image_size,
-            on_device,
-            subset,
-        )
-        self.download = download
 
     def prepare_data(self) -> None:
         if cifar_present(self.dataset_name, self.root):

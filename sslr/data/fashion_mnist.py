@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import ClassificationDataModule, default_root
+from sslr.data.base import DownloadableDataModule, default_root
 from sslr.data.errors import DatasetNotFoundError
 
 ENV_VAR = "SSLR_FASHION_MNIST"
@@ -122,7 +122,7 @@ def download_fashion_mnist(root: str | None) -> None:
         ) from err
 
 
-class FashionMNIST(ClassificationDataModule):
+class FashionMNIST(DownloadableDataModule):
     """Fashion-MNIST (10 classes), 28 px grey upsampled once to ``image_size`` (32) RGB.
 
     Found offline when possible (see the module docstring); downloaded with torchvision in
@@ -136,34 +136,6 @@ class FashionMNIST(ClassificationDataModule):
     mean = (0.2854, 0.2854, 0.2854)
     std = (0.3384, 0.3384, 0.3384)
     flip = True
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            pin_memory,
-            val_fraction,
-            seed,
-            augment,
-            image_size,
-            on_device,
-            subset,
-        )
-        self.download = download
 
     def prepare_data(self) -> None:
         if find_fashion_mnist(self.root) is not None:

@@ -134,17 +134,9 @@ class _HashingInMemory(InMemoryDataModule):
         return self.test_dataloader()
 
 
-class HashingCIFAR10(_HashingInMemory):
-    """CIFAR-10 retrieval: 100 queries and 500 training images per class, the rest the database.
-
-    Data as :class:`~sslr.data.CIFAR10` (downloaded in ``prepare_data`` when online; offline and
-    absent, a DatasetNotFoundError naming the folder). Augmentation: crop with padding and flip.
-    """
-
-    num_classes = 10
-    mean = CIFAR10.mean
-    std = CIFAR10.std
-    flip = True
+class _DownloadableHashing(_HashingInMemory):
+    """A hashing protocol over a set torchvision can download: the protocol's options plus
+    ``download`` (in ``prepare_data``, only when no local copy is found)."""
 
     def __init__(
         self,
@@ -179,6 +171,19 @@ class HashingCIFAR10(_HashingInMemory):
             split_seed,
         )
         self.download = download
+
+
+class HashingCIFAR10(_DownloadableHashing):
+    """CIFAR-10 retrieval: 100 queries and 500 training images per class, the rest the database.
+
+    Data as :class:`~sslr.data.CIFAR10` (downloaded in ``prepare_data`` when online; offline and
+    absent, a DatasetNotFoundError naming the folder). Augmentation: crop with padding and flip.
+    """
+
+    num_classes = 10
+    mean = CIFAR10.mean
+    std = CIFAR10.std
+    flip = True
 
     def prepare_data(self) -> None:
         if cifar_present("CIFAR-10", self.root):
@@ -192,7 +197,7 @@ class HashingCIFAR10(_HashingInMemory):
         return torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
 
 
-class HashingFashionMNIST(_HashingInMemory):
+class HashingFashionMNIST(_DownloadableHashing):
     """The CIFAR-10 protocol on Fashion-MNIST's 70,000 images (offline: see FashionMNIST).
 
     Per class 100 queries and 500 training images; database 64,000 images.
@@ -202,40 +207,6 @@ class HashingFashionMNIST(_HashingInMemory):
     mean = FashionMNIST.mean
     std = FashionMNIST.std
     flip = True
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        query_per_class: int = 100,
-        train_per_class: int = 500,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            pin_memory,
-            seed,
-            augment,
-            image_size,
-            on_device,
-            query_per_class,
-            train_per_class,
-            database_size,
-            val_queries,
-            split_seed,
-        )
-        self.download = download
 
     def prepare_data(self) -> None:
         if find_fashion_mnist(self.root) is not None:
