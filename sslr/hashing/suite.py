@@ -33,7 +33,7 @@ from sslr.hashing.attacks import (
 from sslr.metrics import mean_average_precision
 from sslr.robustness.config import GradientSource, Norm
 from sslr.robustness.guard import attack_mode
-from sslr.robustness.outputs import log_rows
+from sslr.robustness.outputs import log_rows, write_csv
 from sslr.robustness.results import COLUMNS, RobustnessRow
 
 log = logging.getLogger(__name__)
@@ -478,15 +478,8 @@ def run_hashing_suite(
 
 
 def write_hashing_csv(rows: Iterable[HashingRow], path: str | Path) -> Path:
-    """``robustness.csv`` with exactly ``attack,norm,eps,steps,gradient,accuracy,n,metric``
-    (sslr.robustness.outputs.write_csv writes the classification columns only)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HASHING_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.as_dict())
-    return path
+    """``robustness.csv`` with exactly ``attack,norm,eps,steps,gradient,accuracy,n,metric``."""
+    return write_csv(rows, path, HASHING_COLUMNS)
 
 
 def read_hashing_csv(path: str | Path) -> list[HashingRow]:

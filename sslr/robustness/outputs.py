@@ -31,12 +31,14 @@ def rows_to_metrics(rows: Iterable[RobustnessRow], prefix: str = "robust") -> di
     return {metric_name(r, prefix): float(r.accuracy) for r in rows}
 
 
-def write_csv(rows: Iterable[RobustnessRow], path: str | Path) -> Path:
+def write_csv(
+    rows: Iterable[RobustnessRow], path: str | Path, columns: Sequence[str] = COLUMNS
+) -> Path:
     """Write ``robustness.csv`` with exactly the columns ``attack,norm,eps,steps,gradient,
-    accuracy,n``."""
+    accuracy,n`` (``columns``: the hashing suite adds ``metric``)."""
     path = Path(path)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
             writer.writerow(row.as_dict())
