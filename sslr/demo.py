@@ -47,6 +47,7 @@ def _fit(out: Path, version: str, *extra: str):
 
 def _attack(out: Path, ckpt: str, eps: list[float], n: int, surrogate: str | None):
     from sslr.cli import run
+    from sslr.trainer import run_folder
 
     sources = ["rule", "exact"] + (["transfer"] if surrogate else [])
     args = ["attack", "--config", str(QUICKSTART), "--config", _logger_overlay(out, "attacks")]
@@ -56,7 +57,7 @@ def _attack(out: Path, ckpt: str, eps: list[float], n: int, surrogate: str | Non
         args += ["--suite.surrogate_ckpt", surrogate]
     run(args)
     rows = {}
-    with open(Path(ckpt).parent.parent / "robustness.csv") as f:
+    with open(run_folder(ckpt) / "robustness.csv") as f:
         for row in csv.DictReader(f):
             rows[(row["gradient"], round(float(row["eps"]) * 255))] = float(row["accuracy"])
     return rows

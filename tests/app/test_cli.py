@@ -92,7 +92,7 @@ def test_resume_reproduces_uninterrupted_run(rule):
     resumed = network_state(run_dir(f"resnet18_{rule}", 2) / "checkpoints" / "last.ckpt")
 
     assert straight.keys() == resumed.keys()
-    assert any("feedback" in k or "_draw" in k for k in straight) or rule == "bp"
+    assert any(".feedback_" in k for k in straight)  # the rule's state is compared too
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
