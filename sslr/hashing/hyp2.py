@@ -160,12 +160,14 @@ _TABLE: dict[int, list[int]] = {
 
 
 def hyp2_threshold(bits: int, num_classes: int) -> float:
-    """HyP2's zeta: the largest cosine two of 2^m well-separated K-bit codes must have.
+    """HyP2's zeta for K = ``bits`` and C = ``num_classes``: the cosine of the closest two
+    words of the best known binary code with 2^m >= C words of length K.
 
     zeta = 1 - 2 d(K, m) / K with m = ceil(log2 C) (at least 1) and d(K, m) the best known
-    minimum distance of 2^m binary words of length K: C class codes cannot all be pairwise
-    further apart than that, so the loss only pushes cosines of irrelevant pairs below zeta
-    (the authors' config.py: ``sheet.row(num_bits)[ceil(log(num_classes, 2))]``).
+    minimum distance of 2^m binary words of length K: C class codes cannot be expected to lie
+    further apart than that, so the loss only pushes the cosines of irrelevant codes and
+    proxies below zeta, not towards -1 (the authors' config.py:
+    ``sheet.row(num_bits)[ceil(log(num_classes, 2))]``).
     """
     m = max(1, math.ceil(math.log2(num_classes)))
     if m > bits:
@@ -175,8 +177,8 @@ def hyp2_threshold(bits: int, num_classes: int) -> float:
         )
     if bits not in _TABLE or m > len(_TABLE[bits]):
         raise ValueError(
-            f"HyP2 has no tabulated threshold for {bits} bits and {num_classes} classes (known: "
-            f"up to {max(_TABLE)} bits and {2**12} classes); pass loss option threshold."
+            f"HyP2 has no tabulated threshold for {bits} bits and {num_classes} classes (the "
+            f"table stops at {max(_TABLE)} bits and {2**12} classes); pass loss option threshold."
         )
     return 1.0 - 2.0 * _TABLE[bits][m - 1] / bits
 
@@ -202,9 +204,10 @@ class HyP2Loss(HashingLoss):
     :func:`hyp2_threshold` unless given; proxies initialized by kaiming_normal_ (fan_out) from
     ``seed``. The proxies are an ``nn.Parameter`` of the loss (``self.proxies``): the model
     that owns the loss must give them to its optimizer (HashingTask puts them in their own
-    group at the hash layer's learning rate) and saves them with its checkpoint. The authors
-    apply the loss to the hash layer's raw output; sslr passes u = tanh(z), as for every
-    loss (cosines change little near 0, and tanh bounds the codes that are then binarized).
+    group at the hash layer's learning rate) and save them with its checkpoint. The authors
+    apply the loss to the hash layer's raw output z; sslr passes u = tanh(z), as for every
+    loss: the cosines are those of z where |z| is small and tend to those of the binary codes
+    sign(z) where tanh saturates.
     """
 
     def __init__(
@@ -228,7 +231,8 @@ class HyP2Loss(HashingLoss):
         self.proxies = nn.Parameter(proxies)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, threshold={self.threshold:.4g}, pair_weight={self.pair_weight}"
+        options = f"threshold={self.threshold:.4g}, pair_weight={self.pair_weight}"
+        return f"{super().extra_repr()}, {options}"
 
     @staticmethod
     def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
