@@ -1,6 +1,8 @@
-"""Deep hashing: losses (DPSH, HashNet, DCH, CSQ) behind one registry, and CSQ hash centers."""
+"""Deep hashing: losses (DPSH, HashNet, DCH, CSQ, HyP2) behind one registry, and CSQ hash
+centers."""
 
 from sslr.hashing.codes import hadamard, hash_centers, multilabel_centers
+from sslr.hashing.hyp2 import HyP2Loss, hyp2_threshold
 from sslr.hashing.losses import (
     CSQLoss,
     DCHLoss,
@@ -19,10 +21,12 @@ __all__ = [
     "DPSHLoss",
     "HashNetLoss",
     "HashingLoss",
+    "HyP2Loss",
     "get_loss",
     "hadamard",
     "hash_centers",
     "hashnet_beta",
+    "hyp2_threshold",
     "list_losses",
     "multilabel_centers",
     "register_loss",

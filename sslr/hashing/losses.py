@@ -1,4 +1,5 @@
-"""Deep-hashing losses: DPSH, HashNet, DCH and CSQ, behind one registry.
+"""Deep-hashing losses: DPSH, HashNet, DCH and CSQ, behind one registry (HyP2, with its
+learnable proxies, is registered from :mod:`sslr.hashing.hyp2`).
 
 Every loss is an ``nn.Module`` called as ``loss(u, labels) -> scalar`` with
 

@@ -16,7 +16,7 @@ from sslr.tasks.backbones import build_network, head_name
 from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, FeedbackTask
 from sslr.tasks.classification import Rule, Scale
 
-LossName = Literal["dpsh", "hashnet", "dch", "csq"]
+LossName = Literal["dpsh", "hashnet", "dch", "csq", "hyp2"]
 
 USUAL_BITS = (16, 32, 48, 64)
 
@@ -37,7 +37,8 @@ class HashingTask(FeedbackTask):
     plus ``test/mAP@<map_topk>`` when ``map_topk`` is set.
 
     Optimization: two parameter groups, the backbone at ``lr`` and the hash layer at
-    ``lr * head_lr_mult`` (the paper: Adam, 1e-5 and 1e-4, weight decay 5e-4). ``optimizer``
+    ``lr * head_lr_mult`` (the paper: Adam, 1e-5 and 1e-4, weight decay 5e-4); a loss with
+    parameters (HyP2's proxies) adds a third, ``loss``, at the hash layer's rate. ``optimizer``
     and ``lr_scheduler`` are callables injected by LightningCLI from the model's own config
     (``model.init_args.optimizer: {class_path: torch.optim.Adam, init_args: {weight_decay:
     5.0e-4}}``); the groups' ``lr`` wins over an ``lr`` given there. Configs must not have a
@@ -48,9 +49,10 @@ class HashingTask(FeedbackTask):
         backbone: a torchvision classification model name (alexnet, vgg16, resnet18, ...).
         bits: code length K, a positive integer; the literature uses 16, 32, 48 or 64.
         num_classes: label classes of the data (linked from the DataModule by the CLI).
-        loss: hashing loss (:mod:`sslr.hashing.losses`): dpsh, hashnet, dch or csq.
+        loss: hashing loss (:mod:`sslr.hashing.losses`): dpsh, hashnet, dch, csq or hyp2.
         loss_options: keyword options of the loss (e.g. ``{quantization_weight: 0.1}``,
-            DCH's ``gamma``); unknown names are an error.
+            DCH's ``gamma``, HyP2's ``pair_weight`` and ``threshold``); unknown names are an
+            error.
         rule: the learning rule of every converted layer: bp, fa, usf, frsf or brsf.
         scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
         exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
@@ -193,17 +195,29 @@ class HashingTask(FeedbackTask):
     # --- optimization -------------------------------------------------------------------
 
     def parameter_groups(self) -> list[dict]:
-        """[backbone at ``lr``, hash layer at ``lr * head_lr_mult``] (trainable parameters)."""
+        """[backbone at ``lr``, hash layer at ``lr * head_lr_mult``] (trainable parameters),
+        and the loss's own parameters (HyP2's class proxies), if any, as a third group
+        ``loss`` at the hash layer's rate: like the hash layer they start from a random
+        initialization, and the HyP2 authors train them at least as fast as the network
+        (SGD, proxies 0.02 against 0.01-0.02 for the network)."""
         prefix = f"network.{self.hash_layer}."
-        backbone, head = [], []
+        backbone, head, loss = [], [], []
         for name, p in self.named_parameters():
-            if p.requires_grad:
+            if not p.requires_grad:
+                continue
+            if name.startswith("loss_fn."):
+                loss.append(p)
+            else:
                 (head if name.startswith(prefix) else backbone).append(p)
         lr = self.hparams.lr
-        return [
+        head_lr = lr * self.hparams.head_lr_mult
+        groups = [
             {"params": backbone, "lr": lr, "name": "backbone"},
-            {"params": head, "lr": lr * self.hparams.head_lr_mult, "name": "hash_layer"},
+            {"params": head, "lr": head_lr, "name": "hash_layer"},
         ]
+        if loss:
+            groups.append({"params": loss, "lr": head_lr, "name": "loss"})
+        return groups
 
     def configure_optimizers(self):
         # Each group carries its own lr, which wins over an lr in the optimizer's init_args.

@@ -1,4 +1,5 @@
-"""Hashing losses against naive loops, their behaviour on good and random codes, CSQ centers."""
+"""Hashing losses against naive loops, their behaviour on good and random codes, CSQ centers,
+HyP2 against a hand computation."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from sslr.hashing import (
     DPSHLoss,
     HashingLoss,
     HashNetLoss,
+    HyP2Loss,
     get_loss,
     hadamard,
     hash_centers,
     hashnet_beta,
+    hyp2_threshold,
     list_losses,
     multilabel_centers,
     register_loss,
@@ -169,6 +172,8 @@ def _good_and_random(bits=16, classes=4, n=32, seed=0):
 def test_codes_that_agree_with_labels_score_lower_than_random_codes(name):
     labels, good, randoms = _good_and_random()
     loss = get_loss(name, 16, 4)
+    if isinstance(loss, HyP2Loss):  # agreeing with the labels means: near their proxies
+        good = 0.9 * loss.proxies.detach().sign()[labels]
     assert loss(good, labels) < min(loss(r, labels) for r in randoms)
 
 
@@ -273,7 +278,8 @@ def test_csq_centers_are_saved_with_the_state_dict():
 
 
 def test_registry():
-    assert list_losses() == ["csq", "dch", "dpsh", "hashnet"]
+    assert list_losses() == ["csq", "dch", "dpsh", "hashnet", "hyp2"]
+    assert isinstance(get_loss("hyp2", 16, 10), HyP2Loss)
     assert isinstance(get_loss("DCH", 32, 10, gamma=5.0), DCHLoss)
     with pytest.raises(ValueError, match="unknown hashing loss 'hag'; choose one of: csq, dch"):
         get_loss("hag", 32, 10)
@@ -283,7 +289,7 @@ def test_registry():
         register_loss("dpsh")(type("Other", (HashingLoss,), {}))
 
 
-@pytest.mark.parametrize("name", ["dpsh", "hashnet", "dch", "csq"])
+@pytest.mark.parametrize("name", ["dpsh", "hashnet", "dch", "csq", "hyp2"])
 def test_bad_input_raises_one_clear_error(name):
     with pytest.raises(ValueError, match="bits must be a positive integer"):
         get_loss(name, 0, 10)
@@ -296,3 +302,163 @@ def test_bad_input_raises_one_clear_error(name):
         loss(torch.zeros(3, 8), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="class indices must lie in"):
         loss(torch.zeros(3, 8), torch.tensor([0, 1, 4]))
+
+
+# ---------------------------------------------------------------- HyP2
+
+
+def _cos(a, b) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def hand_hyp2(u, labels, proxies, zeta, pair_weight):
+    """HyP2 written out (the authors' model.py, HyP.forward): means over positive and negative
+    (sample, proxy) entries, plus the mean over irrelevant ordered pairs of multi-label
+    samples."""
+    u, labels, proxies = u.tolist(), labels.tolist(), proxies.tolist()
+    pos, neg, pair = [], [], []
+    for i, code in enumerate(u):
+        for c, proxy in enumerate(proxies):
+            cos = _cos(code, proxy)
+            if labels[i][c]:
+                pos.append(1 - cos)
+            else:
+                neg.append(max(cos - zeta, 0.0))
+    multi = [i for i in range(len(u)) if sum(labels[i]) > 1]
+    for i in multi:
+        for j in multi:
+            if i != j and _similar(labels, i, j) == 0:
+                pair.append(max(_cos(u[i], u[j]) - zeta, 0.0))
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    return mean(pos) + mean(neg) + pair_weight * mean(pair), neg, pair
+
+
+def _hyp2_with(proxies, **options):
+    loss = HyP2Loss(proxies.shape[1], proxies.shape[0], **options).double()
+    with torch.no_grad():
+        loss.proxies.copy_(proxies)
+    return loss
+
+
+# Three 4-bit codes, three classes, two of the samples multi-label.
+HYP2_U = torch.tensor(
+    [[0.5, -0.2, 0.8, 0.1], [-0.3, 0.6, 0.4, -0.7], [0.9, 0.1, -0.5, 0.3]], dtype=torch.float64
+)
+HYP2_LABELS = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=torch.float64)
+HYP2_PROXIES = torch.tensor(
+    [[1.0, 0.5, -0.5, 0.0], [0.0, 1.0, 1.0, -1.0], [-1.0, 0.5, 0.0, 1.0]], dtype=torch.float64
+)
+
+
+@pytest.mark.parametrize("zeta", [None, -0.2, 0.1])
+def test_hyp2_equals_hand_computation_multilabel(zeta):
+    loss = _hyp2_with(HYP2_PROXIES, threshold=zeta)
+    zeta = 0.0 if zeta is None else zeta  # 4 bits, 2^2 >= 3 classes: d = 2, 1 - 2 * 2 / 4
+    assert loss.threshold == zeta
+    expected, neg, pair = hand_hyp2(HYP2_U, HYP2_LABELS, HYP2_PROXIES, zeta, 0.5)
+    # Some negative proxies lie above the threshold and some below; with three classes any
+    # two multi-label samples share a label, so there is no irrelevant pair.
+    assert 0 < sum(v > 0 for v in neg) < len(neg) and pair == []
+    assert loss(HYP2_U, HYP2_LABELS).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_hyp2_pair_term_counts_irrelevant_multilabel_pairs_only():
+    # Four classes: samples 0 and 1 are multi-label and irrelevant, close in angle (cos > zeta):
+    # the pair term. Samples 2 and 3 are single-label, irrelevant and identical: no pair term.
+    u = torch.tensor(
+        [
+            [0.6, 0.5, -0.4, 0.2],
+            [0.5, 0.7, -0.1, 0.3],
+            [-0.8, 0.2, 0.3, 0.5],
+            [-0.8, 0.2, 0.3, 0.5],
+        ],
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]]).double()
+    proxies = torch.tensor(
+        [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]], dtype=torch.float64
+    )
+    for weight, zeta in [(0.5, 0.1), (2.0, -0.3)]:
+        loss = _hyp2_with(proxies, threshold=zeta, pair_weight=weight)
+        expected, _, pair = hand_hyp2(u, labels, proxies, zeta, weight)
+        assert len(pair) == 2 and pair[0] > 0.5  # (0, 1) and (1, 0)
+        assert loss(u, labels).item() == pytest.approx(expected, abs=1e-6)
+        without_pairs = _hyp2_with(proxies, threshold=zeta, pair_weight=0.0)(u, labels)
+        assert (loss(u, labels) - without_pairs).item() == pytest.approx(weight * pair[0], abs=1e-6)
+
+
+def test_hyp2_single_label_is_the_proxy_loss_alone():
+    u = HYP2_U[[0, 1, 2, 2]]  # codes 2 and 3 identical with different labels
+    idx = torch.tensor([0, 2, 1, 0])
+    one_hot = F.one_hot(idx, 3).double()
+    loss = _hyp2_with(HYP2_PROXIES, threshold=-0.1)
+    expected, neg, pair = hand_hyp2(u, one_hot, HYP2_PROXIES, -0.1, 0.5)
+    assert pair == [] and any(v > 0 for v in neg)
+    pos = [1 - _cos(u[i].tolist(), HYP2_PROXIES[c].tolist()) for i, c in enumerate(idx.tolist())]
+    assert expected == pytest.approx(sum(pos) / 4 + sum(neg) / 8)
+    assert loss(u, idx).item() == pytest.approx(expected, abs=1e-6)
+    assert loss(u, one_hot).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_hyp2_gradients_reach_codes_and_proxies():
+    z = HYP2_U.clone().requires_grad_(True)
+    labels = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 0]]).double()
+    loss = HyP2Loss(4, 4, threshold=-0.5).double()
+    value = loss(torch.tanh(z), labels)
+    value.backward()
+    for grad in (z.grad, loss.proxies.grad):
+        assert torch.isfinite(grad).all() and (grad.abs() > 1e-8).all()
+
+    # They are the gradients of the formula: finite differences in float64, through the
+    # module itself with its proxies swapped for the checked input.
+    def f(u, proxies):
+        return torch.func.functional_call(loss, {"proxies": proxies}, (u, labels))
+
+    proxies = loss.proxies.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (torch.tanh(z).detach().requires_grad_(True), proxies))
+
+
+@pytest.mark.parametrize(
+    "bits,classes,zeta",
+    [
+        # Cosines as codetable.xlsx of the authors' code stores them (row K, column m).
+        (48, 20, 0.0),  # VOC at 48 bits
+        (12, 38, 0.3333333333333334),  # Flickr-25K at 12 bits, m = 6
+        (32, 3, -0.3125),
+        (24, 5, -0.08333333333333326),
+        (64, 200, 0.09375),
+        (36, 21, 0.05555555555555558),  # NUS-WIDE at 36 bits
+        (24, 4096, 1 / 3),  # the [24, 12, 8] Golay code
+        (8, 16, 0.0),  # the [8, 4, 4] extended Hamming code
+        (16, 2, -1.0),  # two classes: antipodal codes
+        (16, 1, -1.0),
+    ],
+)
+def test_hyp2_threshold_follows_the_authors_table(bits, classes, zeta):
+    assert hyp2_threshold(bits, classes) == pytest.approx(zeta, abs=1e-12)
+
+
+def test_hyp2_threshold_bad_sizes_say_what_to_do():
+    with pytest.raises(ValueError, match="10 classes need at least 4 bits"):
+        hyp2_threshold(3, 10)
+    with pytest.raises(ValueError, match="pass loss option threshold"):
+        hyp2_threshold(256, 10)
+    assert HyP2Loss(256, 10, threshold=0.2).threshold == 0.2
+    with pytest.raises(ValueError, match="threshold is a cosine"):
+        HyP2Loss(16, 10, threshold=1.5)
+    with pytest.raises(ValueError, match="pair_weight must be >= 0"):
+        HyP2Loss(16, 10, pair_weight=-1.0)
+
+
+def test_hyp2_proxies_are_kaiming_initialized_parameters_saved_with_the_state_dict():
+    loss = HyP2Loss(128, 10, seed=3)
+    assert isinstance(loss.proxies, torch.nn.Parameter) and loss.proxies.shape == (10, 128)
+    # kaiming_normal_ with mode fan_out on (C, K): std = sqrt(2 / C), as the authors' code.
+    assert loss.proxies.std().item() == pytest.approx(math.sqrt(2 / 10), rel=0.1)
+    torch.testing.assert_close(HyP2Loss(128, 10, seed=3).proxies, loss.proxies)
+    assert not torch.equal(HyP2Loss(128, 10, seed=4).proxies, loss.proxies)
+    state = loss.state_dict()
+    other = HyP2Loss(128, 10, seed=5)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.proxies, loss.proxies)
