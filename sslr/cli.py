@@ -27,7 +27,7 @@ import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
 from sslr.errors import USER_ERRORS, UserError
-from sslr.loggers import describe_run, fill_wandb_args, wire_wandb
+from sslr.loggers import fill_wandb_args, wire_wandb
 from sslr.packaged import resolve_config_args
 from sslr.quiet import quiet_third_party
 from sslr.trainer import SslrTrainer
@@ -112,7 +112,7 @@ def _name_loggers(config, job: str = "fit") -> None:
             if root and args.get("save_dir") == "runs":  # the CLI's default folder
                 args["save_dir"] = str(root)
         elif kind == "WandbLogger":
-            fill_wandb_args(args, describe_run(config, job))
+            fill_wandb_args(args, config, job)
 
 
 def run(args: list[str]) -> SslrCLI:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -159,16 +160,15 @@ def wandb_config(config: Mapping[str, Any], job: str) -> dict[str, Any]:
             "stage": meta["stage"], "job": job}  # fmt: skip
 
 
-def fill_wandb_args(init_args: Any, meta: Mapping[str, Any]) -> None:
-    """Fill a WandbLogger's unset name, group, job type and tags from ``describe_run``."""
-    for key, value in (
-        ("name", meta["name"]),
-        ("group", meta["group"]),
-        ("job_type", meta["job"]),
-        ("tags", meta["tags"]),
-    ):
-        if not init_args.get(key):
-            init_args[key] = value
+def fill_wandb_args(init_args: Any, config: Mapping[str, Any], job: str) -> None:
+    """Fill a WandbLogger's name, group, job type and tags from ``describe_run`` where unset,
+    or where they are what sslr filled in for the fit (a fit's saved config.yaml reused for
+    ``sslr test`` / ``sslr attack`` carries them): those are re-derived for this job."""
+    meta, for_fit = describe_run(config, job), describe_run(config, "fit")
+    for key, field in (("name", "name"), ("group", "group"), ("job_type", "job"), ("tags", "tags")):
+        value = init_args.get(key)
+        if not value or value == for_fit[field]:
+            init_args[key] = meta[field]
 
 
 def fit_run_record(ckpt_path: str | os.PathLike | None) -> dict[str, Any] | None:
@@ -190,6 +190,11 @@ def wire_wandb(trainer, config: Mapping[str, Any], job: str) -> None:
     wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, _LightningWandbLogger)]
     if not wandb_loggers:
         return
+    # One command, one W&B run: Lightning reuses a run still open in this process (a previous
+    # command run from Python, as the grid and the demo do), which would merge the two.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
     run_config = wandb_config(config, job)
     record = fit_run_record(config.get("ckpt_path")) if job != "fit" else None
     if record:

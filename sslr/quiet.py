@@ -10,6 +10,7 @@ for these (they are ``rank_zero_info`` calls), hence a logging filter.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 _DROPPED = (
@@ -34,6 +35,8 @@ _FILTER = _DropNotices()
 
 def quiet_third_party() -> None:
     """Install the filters (idempotent)."""
+    # Lightning's CLI calls jsonargparse APIs that jsonargparse has deprecated.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     for name in _RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
