@@ -21,8 +21,8 @@ def config_dir() -> Path:
 def packaged_config(name: str) -> Path | None:
     """The shipped config called ``name`` (``quickstart``, ``overlays/debug``,
     ``hashing/quickstart_digits.yaml``), or None when there is none."""
-    if not name or "\n" in name or ":" in name or name.startswith(("/", "{")):
-        return None  # a path or an inline YAML/JSON string, not a name
+    if not name or "\n" in name or ":" in name or name.startswith(("/", "{", ".")):
+        return None  # a path (absolute or relative) or inline YAML/JSON, not a name
     base = config_dir().resolve()
     for candidate in (base / name, base / f"{name}.yaml"):
         candidate = candidate.resolve()

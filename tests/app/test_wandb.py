@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,27 @@ DEBUG = str(ROOT / "configs" / "overlays" / "debug.yaml")
 WANDB = str(ROOT / "configs" / "overlays" / "wandb.yaml")
 
 
-def wandb_records(run_dir: Path) -> list:
+def wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The records of a finished offline run, once W&B's writer process has written its ``exit``
+    record (it flushes after ``finish()`` returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _read_records(run_dir)
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            return records
+        assert time.monotonic() < deadline, f"{run_dir}: no exit record after {timeout} s"
+        time.sleep(0.5)
+
+
+def _read_records(run_dir: Path) -> list:
     """The protobuf records of an offline run: its .wandb file is a LevelDB-style log (a 7-byte
     ``:W&B`` header, then 32 KiB blocks of chunks: 4-byte CRC, 2-byte length, 1-byte type)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("run-*.wandb")
     data = path.read_bytes()
+    if len(data) < 7:
+        return []
     assert data[:4] == b":W&B"
     records, pos, block, chunks = [], 7, 32768, b""
     while pos + 7 <= len(data):
@@ -42,6 +57,8 @@ def wandb_records(run_dir: Path) -> list:
             pos += left
             continue
         payload = data[pos + 7 : pos + 7 + length]
+        if len(payload) < length:  # the writer is mid-record
+            break
         pos += 7 + length
         chunks = payload if kind in (1, 2) else chunks + payload  # full/first | middle/last
         if kind in (1, 4):
