@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, DefaultHelpFormatter, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -26,11 +27,15 @@ import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
 from sslr.errors import USER_ERRORS, UserError
+from sslr.loggers import fill_wandb_args, wire_wandb
+from sslr.packaged import resolve_config_args
+from sslr.quiet import quiet_third_party
 from sslr.trainer import SslrTrainer
 
 OTHER_COMMANDS = {
     "report": ("sslr.report", "main_report", "compare run folders: table, CSV and plots"),
     "grid": ("sslr.grid", "main_grid", "the paper's protocol: pretrain, fine-tune, attack, report"),
+    "demo": ("sslr.demo", "main", "the whole story on Digits, on the CPU, in a few minutes"),
 }
 
 _DESCRIPTION = (
@@ -58,7 +63,7 @@ class SslrCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        _name_loggers(config)
+        _name_loggers(config, self.subcommand or "fit")
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
             raise UserError(
@@ -75,6 +80,8 @@ class SslrCLI(LightningCLI):
             name = getattr(first, "name", None) or "default"
             csv = CSVLogger(save_dir=trainer.default_root_dir or "runs", name=str(name))
             trainer.loggers = [csv, *trainer.loggers]
+        wire_wandb(trainer, self.config[self.subcommand] if self.subcommand else self.config,
+                   self.subcommand or "fit")  # fmt: skip
         return trainer
 
 
@@ -82,27 +89,30 @@ def _short(class_path: str | None) -> str:
     return (class_path or "").rsplit(".", 1)[-1]
 
 
-def _name_loggers(config) -> None:
-    """Fill in logger names from the config: runs/<Dataset>/<backbone>_<rule>/version_<k>, and
-    for W&B the group <Dataset>/<backbone> and the rule as tag, so runs line up."""
+def _name_loggers(config, job: str = "fit") -> None:
+    """Fill in logger names from the config: runs/<Dataset>/<backbone>_<rule>/version_<k> (under
+    --trainer.default_root_dir when given), and for W&B name, group, job type and tags from what
+    the run is (sslr.loggers.describe_run), so runs line up whatever order the overlays came in."""
     model = config.get("model") or {}
     init = model.get("init_args") or {}
     data = _short((config.get("data") or {}).get("class_path")) or "data"
     backbone, rule = init.get("backbone", "model"), init.get("rule", "bp")
     bits = init.get("bits")
     run = f"{backbone}_{rule}" + (f"_{bits}bits" if bits else "")
+    root = config.trainer.get("default_root_dir")
     loggers = config.trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         if not hasattr(logger, "class_path"):
             continue
         args = logger.init_args
         kind = _short(logger.class_path)
-        if kind in ("CSVLogger", "TensorBoardLogger") and args.get("name") in (None, "default"):
-            args["name"] = f"{data}/{run}"
+        if kind in ("CSVLogger", "TensorBoardLogger"):
+            if args.get("name") in (None, "default", "lightning_logs"):
+                args["name"] = f"{data}/{run}"
+            if root and args.get("save_dir") == "runs":  # the CLI's default folder
+                args["save_dir"] = str(root)
         elif kind == "WandbLogger":
-            args["name"] = args.get("name") or run
-            args["group"] = args.get("group") or f"{data}/{backbone}"
-            args["tags"] = args.get("tags") or [rule]
+            fill_wandb_args(args, config, job)
 
 
 def run(args: list[str]) -> SslrCLI:
@@ -111,8 +121,10 @@ def run(args: list[str]) -> SslrCLI:
     Raises what ``main`` turns into one-line errors; for use from Python (the demo, the grid).
     """
     os.environ.setdefault("WANDB_SILENT", "true")
+    quiet_third_party()
+    args = _completion_args(resolve_config_args(args))
     strict = {"exit_on_error": False}
-    parser_kwargs = {"description": _DESCRIPTION, **strict}
+    parser_kwargs = {**_help_kwargs(), **strict}
     parser_kwargs.update({name: dict(strict) for name in SslrCLI.subcommands()})
     # The args become the command line: Lightning's DDP launcher re-executes sys.argv to start
     # the other processes, so they must see the same subcommand and options.
@@ -121,6 +133,32 @@ def run(args: list[str]) -> SslrCLI:
         return _cli(parser_kwargs)
     finally:
         sys.argv = argv0
+
+
+def _completion_args(args: list[str]) -> list[str]:
+    """Shell completion: jsonargparse's ``--print_completion shtab-<shell>`` (needs shtab), also
+    spelled ``--print_shtab <shell>`` as older jsonargparse releases named it."""
+    set_parsing_settings(add_print_completion_argument=True)
+    if args[:1] == ["--print_shtab"] and len(args) > 1:
+        return ["--print_completion", f"shtab-{args[1]}", *args[2:]]
+    return args
+
+
+class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description's line breaks kept."""
+
+
+def _help_kwargs() -> dict:
+    """``sslr --help``: a usage line naming every subcommand (LightningCLI's and report, grid,
+    demo, which main() dispatches before LightningCLI sees them) and the description as written."""
+    commands = ",".join([*SslrCLI.subcommands(), *OTHER_COMMANDS])
+    usage = f"sslr [-h] [-c CONFIG] [--print_config] [--print_completion shtab-SHELL] {{{commands}}} ..."
+    return {
+        "prog": "sslr",
+        "description": _DESCRIPTION,
+        "usage": usage,
+        "formatter_class": _HelpFormatter,
+    }
 
 
 def _cli(parser_kwargs: dict) -> SslrCLI:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+from sslr.packaged import config_dir
+
+QUICKSTART = config_dir() / "quickstart.yaml"  # in the checkout or the installed wheel
 
 
 def _logger_overlay(save_dir: Path, version: str) -> str:

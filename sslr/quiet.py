@@ -1,0 +1,48 @@
+"""Output a user reads: third-party notices a user of ``sslr`` cannot act on, filtered out.
+
+Lightning advertises its cloud products on every fit ("💡 Tip: ... litlogger / litmodels"),
+tells that the task's checkpoint callbacks replace its default one (sslr's tasks do that on
+purpose), and torch's pytree warns about a deprecation inside Lightning. None of it is about the
+user's run, so it is dropped; every other message and warning is kept. Lightning has no switch
+for these (they are ``rank_zero_info`` calls), hence a logging filter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+_DROPPED = (
+    "💡 Tip:",
+    "The following callbacks returned in `LightningModule.configure_callbacks` will override",
+)
+# The loggers Lightning's rank_zero_info writes through (the last import sets which one).
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_DROPPED)
+
+
+_FILTER = _DropNotices()
+
+
+def quiet_third_party() -> None:
+    """Install the filters (idempotent)."""
+    # Lightning's CLI calls jsonargparse APIs that jsonargparse has deprecated.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
