@@ -3,11 +3,11 @@
 The retrieval metrics of :mod:`sslr.metrics` rank a database by Hamming distance to each
 query, ties broken by database index. A distance takes only K + 1 values, so the ranking is
 a counting sort: one pass over the database computes every distance (XOR and popcount of
-bit-packed codes, 8 bytes per item at 64 bits), the relevance and the histogram of the
-K + 1 distances; a second pass gives each relevant item its rank (items before it at a
-smaller distance, plus those at its distance and a smaller index) without ever ordering the
-database. Per query that is two passes over a few hundred kilobytes that stay in cache,
-where a general sort of the distance matrix reads and writes gigabytes.
+bit-packed codes, 8 bytes per item at 64 bits), the relevance, the histogram of the K + 1
+distances and each relevant item's place among the items at its distance; the rank of a
+relevant item is then the number of nearer items plus that place, without ever ordering the
+database. Per query that is one pass over a few hundred kilobytes that stay in cache, where
+a general sort of the distance matrix reads and writes gigabytes.
 
 NumPy and torch have no fused per-query loop of this kind, so the kernels are compiled with
 numba (parallel over queries). Without numba, :func:`available` is False and the metrics use
@@ -99,50 +99,55 @@ def _kernels():
         return d
 
     @jit
-    def first_pass(q, db, ql, dl, multi_hot, i, keys, n_all, n_rel):
-        # One query's distances and relevance (kept as 2 * distance + relevant) and the
-        # histograms of the distances of all items and of the relevant ones.
+    def first_pass(q, db, ql, dl, multi_hot, i, n_all, n_rel, rel_d, rel_pos, rel_nth):
+        # One pass over the database for query i: the histograms of the distances of all
+        # items and of the relevant ones, and for each relevant item (in database order) its
+        # distance, how many items and how many relevant items came before it at that
+        # distance (its place within its tie: ties go by database index). Returns how many
+        # relevant items there are.
+        m = 0
         for j in range(db.shape[0]):
             d = distance(q, db, i, j)
-            n_all[d] += 1
+            p = n_all[d]
+            n_all[d] = p + 1
             if relevant(ql, dl, i, j, multi_hot):
+                rel_d[m], rel_pos[m], rel_nth[m] = d, p, n_rel[d]
                 n_rel[d] += 1
-                keys[j] = 2 * d + 1
-            else:
-                keys[j] = 2 * d
+                m += 1
+        return m
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def ranked_hits(q, db, ql, dl, multi_hot, depth, psum, hits):
         n, bins = db.shape[0], 64 * q.shape[1] + 1
         for i in numba.prange(q.shape[0]):
-            keys = np.empty(n, dtype=np.int32)
             n_all = np.zeros(bins, dtype=np.int64)
             n_rel = np.zeros(bins, dtype=np.int64)
-            first_pass(q, db, ql, dl, multi_hot, i, keys, n_all, n_rel)
-            # Counting sort: the items at distance d start after all those nearer.
+            rel_d = np.empty(n, dtype=np.int32)
+            rel_pos = np.empty(n, dtype=np.int32)
+            rel_nth = np.empty(n, dtype=np.int32)
+            m = first_pass(q, db, ql, dl, multi_hot, i, n_all, n_rel, rel_d, rel_pos, rel_nth)
+            # Counting sort: the items at distance d come after all those nearer.
             start, rel_start, a, r = np.empty_like(n_all), np.empty_like(n_rel), 0, 0
             for d in range(bins):
                 start[d], rel_start[d] = a, r
                 a += n_all[d]
                 r += n_rel[d]
             total, count = 0.0, 0
-            for j in range(n):
-                d = keys[j] >> 1
-                rank = start[d] + 1  # 1-based; ties by database index
-                start[d] = rank
-                if keys[j] & 1:
-                    nth = rel_start[d] + 1
-                    rel_start[d] = nth
-                    if rank <= depth:
-                        total += nth / rank
-                        count += 1
+            for t in range(m):  # 1-based rank, and rank among the relevant items
+                d = rel_d[t]
+                rank = start[d] + rel_pos[t] + 1
+                if rank <= depth:
+                    total += (rel_start[d] + rel_nth[t] + 1) / rank
+                    count += 1
             psum[i], hits[i] = total, count
 
     @numba.njit(cache=True, nogil=True, parallel=True)
     def histograms(q, db, ql, dl, multi_hot, n_all, n_rel):
         n = db.shape[0]
         for i in numba.prange(q.shape[0]):
-            keys = np.empty(n, dtype=np.int32)
-            first_pass(q, db, ql, dl, multi_hot, i, keys, n_all[i], n_rel[i])
+            rel_d = np.empty(n, dtype=np.int32)
+            rel_pos = np.empty(n, dtype=np.int32)
+            rel_nth = np.empty(n, dtype=np.int32)
+            first_pass(q, db, ql, dl, multi_hot, i, n_all[i], n_rel[i], rel_d, rel_pos, rel_nth)
 
     return SimpleNamespace(ranked_hits=ranked_hits, histograms=histograms)
