@@ -173,8 +173,9 @@ def _packed(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool] | None:
     """Bit-packed codes and labels for :mod:`sslr.hamming_rank`, or None for the torch path.
 
-    The torch path runs on CUDA, without numba, and for multi-hot labels with negative
-    entries (there "relevant" means a positive label product, not a shared label).
+    The torch path runs on CUDA, without numba, for multi-hot labels with negative entries
+    (there "relevant" means a positive label product, not a shared label) and for class
+    labels stored as floats.
     """
     if q.device.type != "cpu" or not hamming_rank.available():
         return None
@@ -183,6 +184,8 @@ def _packed(
         if bool((ql < 0).any()) or bool((dl < 0).any()):
             return None
         ql_p, dl_p = (hamming_rank.pack_bits((t > 0).numpy()) for t in (ql, dl))
+    elif ql.is_floating_point() or dl.is_floating_point():  # 1.5 == 1.5 but not int(1.5) == 1
+        return None
     else:
         ql_p, dl_p = (t.to(torch.int64).reshape(-1, 1).numpy() for t in (ql, dl))
     q_p, db_p = (hamming_rank.pack_bits((t > 0).numpy()) for t in (q, db))
