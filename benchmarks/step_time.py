@@ -9,6 +9,8 @@ rule's median and its ratio to BP's median.
     python benchmarks/step_time.py                  # CPU: resnet18 at 32 px, small; CUDA: all
     python benchmarks/step_time.py --models resnet18 --sizes 32 --modes eager compile
     python benchmarks/step_time.py --out benchmarks/results/step_time_cpu.md
+    python benchmarks/step_time.py --modes eager compile --rules usf brsf   # compiled brsf
+    python benchmarks/step_time.py --modes compile --compile-mode max-autotune-no-cudagraphs
 
 Precisions: fp32, and bf16 autocast with channels_last. Modes: eager, and ``compile``
 (``torch.compile`` of BP against ``torch.compile`` of the rule; ``--compile-mode

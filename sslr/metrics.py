@@ -8,10 +8,12 @@ Conventions (those of DeepHash-pytorch / HashNet, which the deep-hashing literat
 - a database item is relevant to a query when they share at least one label (multi-hot labels)
   or have the same class (class-index labels).
 
-Everything runs in torch on the codes' device, a block of queries at a time to bound memory.
-On the CPU the one sort is NumPy's stable argsort of small integers (a radix sort, about 5x
-faster than ``torch.sort`` there); on CUDA it is ``torch.sort(stable=True)``. Both give the
-same permutation, so both give the same numbers.
+On the CPU (with numba) the ranking is a counting sort over the K + 1 possible distances of
+bit-packed codes, one query at a time in cache (:mod:`sslr.hamming_rank`): about 10x the
+speed of sorting the distance matrix. On CUDA (and on a CPU without numba) everything runs in
+torch on the codes' device, a block of queries at a time to bound memory: the distances in
+one matmul, the ranking by a stable sort (NumPy's radix argsort on the CPU). Every path ranks
+alike, so every path gives the same numbers (up to the order of floating-point sums).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from . import hamming_rank
 
 __all__ = [
     "MeanAveragePrecision",
@@ -143,9 +147,13 @@ def _torch_stable_argsort(dist: Tensor) -> Tensor:
     return torch.sort(dist, dim=1, stable=True).indices
 
 
-def _blocks(n_query: int, n_db: int, batch_size: int | None) -> Iterator[slice]:
+def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive number of queries, got {batch_size!r}.")
+
+
+def _blocks(n_query: int, n_db: int, batch_size: int | None) -> Iterator[slice]:
+    _check_batch_size(batch_size)
     step = batch_size or max(1, _BLOCK_ELEMENTS // n_db)
     for start in range(0, n_query, step):
         yield slice(start, min(start + step, n_query))
@@ -158,6 +166,30 @@ def _ranked_relevance(
     for block in _blocks(q.shape[0], db.shape[0], batch_size):
         order = _stable_argsort(_hamming(q[block], db))[:, :depth]  # (B, depth)
         yield _relevance(ql[block], dl).gather(1, order.to(q.device))
+
+
+def _packed(
+    q: Tensor, db: Tensor, ql: Tensor, dl: Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool] | None:
+    """Bit-packed codes and labels for :mod:`sslr.hamming_rank`, or None for the torch path.
+
+    The torch path runs on CUDA, without numba, for multi-hot labels with negative entries
+    (there "relevant" means a positive label product, not a shared label) and for class
+    labels stored as floats.
+    """
+    if q.device.type != "cpu" or not hamming_rank.available():
+        return None
+    multi_hot = ql.dim() == 2
+    if multi_hot:
+        if bool((ql < 0).any()) or bool((dl < 0).any()):
+            return None
+        ql_p, dl_p = (hamming_rank.pack_bits((t > 0).numpy()) for t in (ql, dl))
+    elif ql.is_floating_point() or dl.is_floating_point():  # 1.5 == 1.5 but not int(1.5) == 1
+        return None
+    else:
+        ql_p, dl_p = (t.to(torch.int64).reshape(-1, 1).numpy() for t in (ql, dl))
+    q_p, db_p = (hamming_rank.pack_bits((t > 0).numpy()) for t in (q, db))
+    return q_p, db_p, ql_p, dl_p, multi_hot
 
 
 def _check_k(k: int | None, name: str) -> int | None:
@@ -202,6 +234,11 @@ def mean_average_precision(
     depth = min(_check_k(topk, "topk") or db.shape[0], db.shape[0])
     if q.shape[0] == 0:
         return 0.0
+    _check_batch_size(batch_size)  # the counting path needs no blocks (it needs no memory)
+    packed = _packed(q, db, ql, dl)
+    if packed is not None:
+        psum, hits = hamming_rank.ranked_hits(*packed, depth)
+        return float(np.where(hits > 0, psum / np.maximum(hits, 1), 0.0).sum()) / q.shape[0]
     total = torch.zeros((), dtype=torch.float64, device=q.device)
     for rel in _ranked_relevance(q, db, ql, dl, depth, batch_size):
         precision_sum, retrieved = _precision_sums(rel)
@@ -251,6 +288,10 @@ def precision_at_k(
     depth = min(_check_k(k, "k"), db.shape[0])
     if q.shape[0] == 0:
         return 0.0
+    _check_batch_size(batch_size)
+    packed = _packed(q, db, ql, dl)
+    if packed is not None:
+        return float(hamming_rank.ranked_hits(*packed, depth)[1].sum()) / (depth * q.shape[0])
     hits = sum(
         rel.sum(dtype=torch.int64) for rel in _ranked_relevance(q, db, ql, dl, depth, batch_size)
     )
@@ -285,21 +326,36 @@ def precision_recall_curve(
     bits = q.shape[1]
     precision = torch.zeros(bits + 1, dtype=torch.float64, device=q.device)
     recall = torch.zeros_like(precision)
+    packed = _packed(q, db, ql, dl)
     for block in _blocks(q.shape[0], db.shape[0], batch_size):
-        dist = _hamming(q[block], db).long()  # (B, N_db)
-        rel = _relevance(ql[block], dl)
-        shape = (dist.shape[0], bits + 1)
-        n_all = torch.zeros(shape, dtype=torch.int64, device=q.device)
-        n_all.scatter_add_(1, dist, torch.ones_like(dist))
-        n_rel = torch.zeros(shape, dtype=torch.int64, device=q.device)
-        n_rel.scatter_add_(1, dist, rel.long())
+        n_all, n_rel = _radius_counts(q, db, ql, dl, packed, block)
         n_all, n_rel = n_all.cumsum(1), n_rel.cumsum(1)  # (B, K+1) retrieved within radius r
+        n_all, n_rel = n_all.to(precision), n_rel.to(precision)  # int / int would be float32
         precision += torch.where(n_all > 0, n_rel / n_all.clamp(min=1), 0.0).sum(0)
         total_rel = n_rel[:, -1:]
         recall += torch.where(total_rel > 0, n_rel / total_rel.clamp(min=1), 0.0).sum(0)
     n = max(q.shape[0], 1)
     radius = torch.arange(bits + 1)
     return PrecisionRecallCurve(radius, (precision / n).cpu(), (recall / n).cpu())
+
+
+def _radius_counts(q, db, ql, dl, packed, block: slice) -> tuple[Tensor, Tensor]:
+    """(B, K+1) numbers of all and of relevant items at each distance, for a query block."""
+    bits = q.shape[1]
+    if packed is not None:
+        q_p, db_p, ql_p, dl_p, multi_hot = packed
+        n_all, n_rel = hamming_rank.distance_histograms(
+            q_p[block], db_p, ql_p[block], dl_p, multi_hot, bits
+        )
+        return torch.from_numpy(n_all), torch.from_numpy(n_rel)
+    dist = _hamming(q[block], db).long()  # (B, N_db)
+    rel = _relevance(ql[block], dl)
+    shape = (dist.shape[0], bits + 1)
+    n_all = torch.zeros(shape, dtype=torch.int64, device=q.device)
+    n_all.scatter_add_(1, dist, torch.ones_like(dist))
+    n_rel = torch.zeros(shape, dtype=torch.int64, device=q.device)
+    n_rel.scatter_add_(1, dist, rel.long())
+    return n_all, n_rel
 
 
 class MeanAveragePrecision(Metric):

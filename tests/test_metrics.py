@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sslr import hamming_rank
 from sslr.metrics import (
     MeanAveragePrecision,
     binarize,
@@ -120,6 +121,52 @@ def test_torch_sort_path_equals_reference(monkeypatch):
         assert mean_average_precision(q, db, ql, dl, topk=topk) == pytest.approx(
             expected, abs=1e-12
         )
+
+
+@pytest.fixture(params=["counting", "torch"])
+def ranking_path(request, monkeypatch):
+    """Run a test on the CPU counting kernels and on the torch (CUDA) path, run on the CPU."""
+    import sslr.metrics
+
+    if request.param == "counting":
+        assert hamming_rank.available(), "numba is a dependency: the counting path must run"
+    else:
+        monkeypatch.setattr(sslr.metrics, "_packed", lambda *args: None)
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "multilabel, bits, classes",
+    [(False, 5, 4), (True, 5, 6), (False, 70, 3), (True, 130, 70)],
+    ids=["single", "multi", "single-2words", "multi-3words-70classes"],
+)
+def test_both_paths_equal_reference_on_tied_codes(ranking_path, multilabel, bits, classes):
+    # 500 items over few distinct distances: long runs of ties at every distance.
+    q, db, ql, dl = _data(multilabel, n_query=30, n_db=500, bits=bits, classes=classes, seed=3)
+    if bits > 64:  # long codes: make most items copies of a few codes, so distances tie
+        db = db[torch.randint(0, 7, (len(db),), generator=torch.Generator().manual_seed(1))]
+    arrays = _np(q, db, ql, dl)
+    for topk in (None, 1, 120, 499, 800):
+        expected = reference_map(*arrays, topk=topk)
+        assert mean_average_precision(q, db, ql, dl, topk=topk) == pytest.approx(
+            expected, abs=1e-12
+        )
+    for k in (1, 33, 500):
+        expected = reference_precision_at_k(*arrays, k)
+        assert precision_at_k(q, db, ql, dl, k) == pytest.approx(expected, abs=1e-12)
+    precision, recall = reference_pr(*arrays)
+    curve = precision_recall_curve(q, db, ql, dl)
+    np.testing.assert_allclose(curve.precision.numpy(), precision, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(curve.recall.numpy(), recall, atol=1e-12, rtol=0)
+
+
+def test_negative_multihot_labels_keep_the_label_product_rule(ranking_path):
+    # "Relevant" is a positive label product; with negative entries it is not a shared label.
+    q, db, _, _ = _data(False, n_query=10, n_db=60, bits=4)
+    g = torch.Generator().manual_seed(2)
+    ql, dl = torch.randn(10, 3, generator=g), torch.randn(60, 3, generator=g)
+    expected = reference_map(*_np(q, db, ql, dl))
+    assert mean_average_precision(q, db, ql, dl) == pytest.approx(expected, abs=1e-12)
 
 
 def test_map_tie_breaking_follows_database_order():
