@@ -45,12 +45,17 @@ from sslr.data.loaders import (
     mix_seed,
 )
 from sslr.data.module import SplitDataModule
-from sslr.data.protocols import SplitProtocol
-from sslr.data.source import DatasetSource, default_root
+from sslr.data.protocols import ClassificationSplits, SplitProtocol
+from sslr.data.source import DatasetSource, DownloadableSource, default_root
 
 _AUGMENT = 101  # purpose mixed into the augmentation seed
 
-__all__ = ["ClassificationDataModule", "InMemoryDataModule", "default_root"]
+__all__ = [
+    "ClassificationDataModule",
+    "DownloadableDataModule",
+    "InMemoryDataModule",
+    "default_root",
+]
 
 
 class InMemoryDataModule(SplitDataModule):
@@ -192,3 +197,29 @@ class InMemoryDataModule(SplitDataModule):
 class ClassificationDataModule(InMemoryDataModule):
     """An in-memory DataModule with classification splits (:class:`~sslr.data.protocols.ClassificationSplits`):
     Digits, FashionMNIST, CIFAR10 and CIFAR100."""
+
+
+class DownloadableDataModule(ClassificationDataModule):
+    """Classification on a set torchvision can download (CIFAR, Fashion-MNIST): the common
+    options plus ``download`` (in ``prepare_data``, only when no local copy is found).
+    Subclasses name their source in ``source_class``."""
+
+    source_class: type[DownloadableSource]
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = 32,
+        on_device: bool = False,
+        subset: int | None = None,
+        download: bool = True,
+    ) -> None:
+        super().__init__(
+            self.source_class(root, download), ClassificationSplits(val_fraction, subset)
+        )

@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import ClassificationDataModule
+from sslr.data.base import DownloadableDataModule
 from sslr.data.errors import DatasetNotFoundError
-from sslr.data.protocols import ClassificationSplits
 from sslr.data.source import DownloadableSource, Pool, default_root
 
 
@@ -48,7 +47,7 @@ def cifar_present(name: str, root: str | None) -> bool:
 
 def download_cifar(name: str, root: str | None) -> None:
     """Download and extract with torchvision; one clear DatasetNotFoundError when that fails."""
-    CIFARSource(name, root, download=True).prepare()
+    {"CIFAR-10": CIFAR10Source, "CIFAR-100": CIFAR100Source}[name](root, True).prepare()
 
 
 @functools.cache
@@ -72,20 +71,11 @@ def load_cifar(name: str, root: str | None) -> tuple[Tensor, Tensor, Tensor, Ten
 
 
 class CIFARSource(DownloadableSource):
-    """CIFAR-10 or CIFAR-100 (``name``), read with torchvision under ``root``: the 50,000 official
-    training images then the 10,000 test images. Downloaded when absent and ``download``; offline
-    and absent, one DatasetNotFoundError naming the folder looked in."""
+    """CIFAR read with torchvision under ``root``: the 50,000 official training images then the
+    10,000 test images. Downloaded when absent and ``download``; offline and absent, one
+    DatasetNotFoundError naming the folder looked in."""
 
-    STATS = {
-        "CIFAR-10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        "CIFAR-100": (100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    }
     flip = True
-
-    def __init__(self, name: str, root: str | None, download: bool) -> None:
-        super().__init__(root, download)
-        self.name = name
-        self.num_classes, self.mean, self.std = self.STATS[name]
 
     def present(self) -> bool:
         return cifar_present(self.name, self.root)
@@ -100,43 +90,36 @@ class CIFARSource(DownloadableSource):
         return Pool.from_parts(*load_cifar(self.name, self.root))
 
 
-class _CIFAR(ClassificationDataModule):
-    """CIFAR through torchvision: downloaded in ``prepare_data`` when ``download`` and online.
+class CIFAR10Source(CIFARSource):
+    name = "CIFAR-10"
+    num_classes = 10
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
 
-    Offline and absent, ``prepare_data`` (and ``setup``) raise DatasetNotFoundError with one
-    sentence naming the folder looked in. Test split: the official 10,000 test images.
-    Augmentation: random crop with zero padding (4 px at 32 px) and horizontal flip.
+
+class CIFAR100Source(CIFARSource):
+    name = "CIFAR-100"
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+
+
+class CIFAR10(DownloadableDataModule):
+    """CIFAR-10: 50,000 training and 10,000 test images of 10 classes, 32x32 RGB.
+
+    Through torchvision: downloaded in ``prepare_data`` when ``download`` and online. Offline and
+    absent, ``prepare_data`` (and ``setup``) raise DatasetNotFoundError with one sentence naming
+    the folder looked in. Test split: the official 10,000 test images. Augmentation: random crop
+    with zero padding (4 px at 32 px) and horizontal flip.
     """
 
-    dataset_name: str
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            CIFARSource(self.dataset_name, root, download),
-            ClassificationSplits(val_fraction, subset),
-        )
+    source_class = CIFAR10Source
 
 
-class CIFAR10(_CIFAR):
-    """CIFAR-10: 50,000 training and 10,000 test images of 10 classes, 32x32 RGB."""
+class CIFAR100(DownloadableDataModule):
+    """CIFAR-100: 50,000 training and 10,000 test images of 100 fine classes, 32x32 RGB.
 
-    dataset_name = "CIFAR-10"
+    Read, downloaded and augmented as :class:`CIFAR10`.
+    """
 
-
-class CIFAR100(_CIFAR):
-    """CIFAR-100: 50,000 training and 10,000 test images of 100 fine classes, 32x32 RGB."""
-
-    dataset_name = "CIFAR-100"
+    source_class = CIFAR100Source

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import ClassificationDataModule
+from sslr.data.base import DownloadableDataModule
 from sslr.data.errors import DatasetNotFoundError
-from sslr.data.protocols import ClassificationSplits
 from sslr.data.source import DownloadableSource, Pool, default_root
 
 ENV_VAR = "SSLR_FASHION_MNIST"
@@ -143,7 +142,7 @@ class FashionMNISTSource(DownloadableSource):
         return Pool.from_parts(*load_fashion_mnist(self.root))
 
 
-class FashionMNIST(ClassificationDataModule):
+class FashionMNIST(DownloadableDataModule):
     """Fashion-MNIST (10 classes), 28 px grey upsampled once to ``image_size`` (32) RGB.
 
     Found offline when possible (see the module docstring); downloaded with torchvision in
@@ -152,20 +151,4 @@ class FashionMNIST(ClassificationDataModule):
     horizontal flip (a mirrored garment is the same kind of garment).
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            FashionMNISTSource(root, download), ClassificationSplits(val_fraction, subset)
-        )
+    source_class = FashionMNISTSource

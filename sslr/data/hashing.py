@@ -17,10 +17,11 @@ Batches: ``(x, labels)`` with labels multi-hot float (N, num_classes) (one-hot h
 from __future__ import annotations
 
 from sslr.data.base import InMemoryDataModule
-from sslr.data.cifar import CIFARSource
+from sslr.data.cifar import CIFAR10Source
 from sslr.data.digits import DigitsSource
 from sslr.data.fashion_mnist import FashionMNISTSource
 from sslr.data.protocols import HashingSplits, carve_val_queries, default_val_queries
+from sslr.data.source import DownloadableSource
 
 __all__ = [
     "HashingCIFAR10",
@@ -31,63 +32,53 @@ __all__ = [
 ]
 
 
-class HashingCIFAR10(InMemoryDataModule):
+class _DownloadableHashing(InMemoryDataModule):
+    """The hashing protocol over a set torchvision can download: the protocol's options plus
+    ``download`` (in ``prepare_data``, only when no local copy is found). Subclasses name their
+    source in ``source_class``."""
+
+    source_class: type[DownloadableSource]
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = 32,
+        on_device: bool = False,
+        query_per_class: int = 100,
+        train_per_class: int = 500,
+        database_size: int | None = None,
+        val_queries: int | None = None,
+        split_seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__(
+            self.source_class(root, download),
+            HashingSplits(query_per_class, train_per_class, database_size, val_queries, split_seed),
+        )
+
+
+class HashingCIFAR10(_DownloadableHashing):
     """CIFAR-10 retrieval: 100 queries and 500 training images per class, the rest the database.
 
     Data as :class:`~sslr.data.CIFAR10` (downloaded in ``prepare_data`` when online; offline and
     absent, a DatasetNotFoundError naming the folder). Augmentation: crop with padding and flip.
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        query_per_class: int = 100,
-        train_per_class: int = 500,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            CIFARSource("CIFAR-10", root, download),
-            HashingSplits(query_per_class, train_per_class, database_size, val_queries, split_seed),
-        )
+    source_class = CIFAR10Source
 
 
-class HashingFashionMNIST(InMemoryDataModule):
+class HashingFashionMNIST(_DownloadableHashing):
     """The CIFAR-10 protocol on Fashion-MNIST's 70,000 images (offline: see FashionMNIST).
 
     Per class 100 queries and 500 training images; database 64,000 images.
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        query_per_class: int = 100,
-        train_per_class: int = 500,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            FashionMNISTSource(root, download),
-            HashingSplits(query_per_class, train_per_class, database_size, val_queries, split_seed),
-        )
+    source_class = FashionMNISTSource
 
 
 class HashingDigits(InMemoryDataModule):
