@@ -97,7 +97,8 @@ class DownloadableSource(DatasetSource):
         except (OSError, RuntimeError) as err:
             if created is not None:
                 _remove_empty_folders(created)
-            raise self.not_found(reason=str(err) or type(err).__name__) from err
+            reason = " ".join(str(err).split()) or type(err).__name__  # one line
+            raise self.not_found(reason=reason) from err
 
 
 def _first_missing(path: Path) -> Path | None:
