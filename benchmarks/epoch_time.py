@@ -31,7 +31,9 @@ from torch import Tensor, nn
 from sslr.data import Digits, FashionMNIST
 from sslr.data.base import InMemoryDataModule
 from sslr.data.cifar import CIFAR10, cifar_present
+from sslr.data.digits import DigitsSource
 from sslr.data.fashion_mnist import find_fashion_mnist
+from sslr.data.source import Pool
 
 
 def resnet18_32px(num_classes: int = 10) -> nn.Module:
@@ -89,10 +91,25 @@ class TiledDigits(Digits):
     def __init__(self, tiles: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.tiles = tiles
+        self.source = TiledSource(self.source, tiles)
 
-    def _load_train_test(self):
-        x_train, y_train, x_test, y_test = super()._load_train_test()
-        return x_train.repeat(self.tiles, 1, 1, 1), y_train.repeat(self.tiles), x_test, y_test
+
+class TiledSource(DigitsSource):
+    """A Digits source whose training part (everything outside its test part) is repeated."""
+
+    def __init__(self, inner: DigitsSource, tiles: int) -> None:
+        super().__init__(inner.test_fraction, inner.split_seed)
+        self.tiles = tiles
+
+    def load(self) -> Pool:
+        pool = super().load()
+        train = torch.ones(pool.y.numel(), dtype=torch.bool)
+        train[pool.test] = False
+        x, y = pool.x[train], pool.y[train]
+        reps = (self.tiles, *([1] * (x.dim() - 1)))
+        return Pool.from_parts(
+            x.repeat(*reps), y.repeat(self.tiles), pool.x[pool.test], pool.y[pool.test]
+        )
 
 
 def pick_dataset(name: str, root: str | None) -> str:

@@ -23,10 +23,8 @@ and so is the augmentation's random stream, so a run resumed at an epoch boundar
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -46,58 +44,28 @@ from sslr.data.loaders import (
     identity_collate,
     mix_seed,
 )
-from sslr.data.splits import random_subset, stratified_split
+from sslr.data.module import SplitDataModule
+from sslr.data.protocols import ClassificationSplits, SplitProtocol
+from sslr.data.source import DatasetSource, DownloadableSource, default_root
 
 _AUGMENT = 101  # purpose mixed into the augmentation seed
 
-Stats = tuple[float, float, float]
+__all__ = [
+    "ClassificationDataModule",
+    "DownloadableDataModule",
+    "InMemoryDataModule",
+    "default_root",
+]
 
 
-def default_root() -> str:
-    """Where datasets are looked for and downloaded when ``root`` is None: $SSLR_DATA, else ./data."""
-    return os.environ.get("SSLR_DATA") or "data"
+class InMemoryDataModule(SplitDataModule):
+    """A source whose whole dataset is one uint8 tensor, split by a protocol (see the module docstring).
 
-
-class InMemoryDataModule(L.LightningDataModule):
-    """Base of the DataModules whose whole dataset is one uint8 tensor (see the module docstring).
-
-    Subclasses set the class attributes ``num_classes``, ``mean``, ``std`` (statistics of the
-    [0, 1] training pixels, for the task's normalization) and ``flip`` (whether a horizontal
-    flip keeps the label), and implement :meth:`_load`.
+    The pool and its split indices come from ``splits.split_pool(source.load(), seed, ...)``.
     """
 
-    num_classes: int
-    mean: Stats
-    std: Stats
-    flip: bool = True
-
-    def __init__(
-        self,
-        root: str | None,
-        batch_size: int,
-        num_workers: int,
-        pin_memory: bool,
-        seed: int,
-        augment: bool,
-        image_size: int | None,
-        on_device: bool,
-    ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
-        if image_size is not None and image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}.")
-        self.save_hyperparameters()
-        self.root = root
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.seed = seed
-        self.augment = augment
-        self.image_size: int = image_size or 32
-        self.on_device = on_device
+    def __init__(self, source: DatasetSource, splits: SplitProtocol) -> None:
+        super().__init__(source, splits)
         self._x: Tensor | None = None  # (N, C, s, s) uint8 pool, s = image_size (or native)
         self._y: Tensor | None = None  # (N,) long or (N, K) float
         self._index: dict[str, Tensor] = {}
@@ -105,11 +73,9 @@ class InMemoryDataModule(L.LightningDataModule):
         self._aug_key: tuple[torch.device, int] | None = None
         self._aug_gen: torch.Generator | None = None
 
-    # ---- what subclasses provide -------------------------------------------------------------
-
     def _load(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Read the data: (images uint8 (N, C, h, w), targets (N,) or (N, K), split -> indices)."""
-        raise NotImplementedError
+        return self.splits.split_pool(self.source.load(), self.seed, self.num_classes)
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -133,6 +99,10 @@ class InMemoryDataModule(L.LightningDataModule):
         self._need_setup()
         return self._index[name].clone()
 
+    def split_size(self, name: str) -> int:
+        self._need_setup()
+        return self._index[name].numel()
+
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         """A whole split as tensors: x float32 (N, 3, S, S) in [0, 1], and its targets."""
         self._need_setup()
@@ -145,12 +115,6 @@ class InMemoryDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup() before reading the splits.")
 
     # ---- loaders -------------------------------------------------------------------------------
-
-    def _device(self) -> torch.device:
-        trainer = self.trainer
-        if trainer is not None:
-            return trainer.strategy.root_device
-        return torch.device("cpu")
 
     def _loader(self, name: str, train: bool) -> DataLoader | DeviceLoader:
         self.setup()
@@ -165,7 +129,7 @@ class InMemoryDataModule(L.LightningDataModule):
         dataset = TensorBatches(self._x, self._y, self._index[name], as_float, self.image_size)
         common: dict[str, Any] = dict(
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory and self._device().type == "cuda",
+            pin_memory=self._pin(),
             persistent_workers=self.num_workers > 0,
             collate_fn=identity_collate,
         )
@@ -231,64 +195,16 @@ class InMemoryDataModule(L.LightningDataModule):
 
 
 class ClassificationDataModule(InMemoryDataModule):
-    """In-memory classification data: official train/test parts, a seeded stratified val split.
-
-    Splits: "train" (the official training part minus "val", capped at ``subset``), "val"
-    (``val_fraction`` of every class of the official training part, drawn with ``seed``) and
-    "test" (the official test part). ``predict_dataloader`` is the test split.
-    """
-
-    def __init__(
-        self,
-        root: str | None,
-        batch_size: int,
-        num_workers: int,
-        pin_memory: bool,
-        val_fraction: float,
-        seed: int,
-        augment: bool,
-        image_size: int | None,
-        on_device: bool,
-        subset: int | None,
-    ) -> None:
-        super().__init__(
-            root, batch_size, num_workers, pin_memory, seed, augment, image_size, on_device
-        )
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-        if subset is not None and subset < 1:
-            raise ValueError(f"subset must be a positive number of training images, got {subset}.")
-        self.val_fraction = val_fraction
-        self.subset = subset
-
-    def _load_train_test(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(x_train, y_train, x_test, y_test): uint8 images (N, C, h, w), long targets (N,)."""
-        raise NotImplementedError
-
-    def _load(self) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        x_train, y_train, x_test, y_test = self._load_train_test()
-        train, val = stratified_split(y_train, self.val_fraction, self.seed)
-        train = random_subset(train, self.subset, self.seed)
-        n = y_train.numel()
-        index = {"train": train, "val": val, "test": torch.arange(n, n + y_test.numel())}
-        return torch.cat([x_train, x_test]), torch.cat([y_train, y_test]).long(), index
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val", train=False)
-
-    def test_dataloader(self):
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self):
-        return self._loader("test", train=False)
+    """An in-memory DataModule with classification splits (:class:`~sslr.data.protocols.ClassificationSplits`):
+    Digits, FashionMNIST, CIFAR10 and CIFAR100."""
 
 
 class DownloadableDataModule(ClassificationDataModule):
-    """A classification set that torchvision can download (CIFAR, Fashion-MNIST): the common
-    options plus ``download`` (in ``prepare_data``, only when no local copy is found)."""
+    """Classification on a set torchvision can download (CIFAR, Fashion-MNIST): the common
+    options plus ``download`` (in ``prepare_data``, only when no local copy is found).
+    Subclasses name their source in ``source_class``."""
+
+    source_class: type[DownloadableSource]
 
     def __init__(
         self,
@@ -305,15 +221,5 @@ class DownloadableDataModule(ClassificationDataModule):
         download: bool = True,
     ) -> None:
         super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            pin_memory,
-            val_fraction,
-            seed,
-            augment,
-            image_size,
-            on_device,
-            subset,
+            self.source_class(root, download), ClassificationSplits(val_fraction, subset)
         )
-        self.download = download

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import DownloadableDataModule, default_root
+from sslr.data.base import DownloadableDataModule
 from sslr.data.errors import DatasetNotFoundError
+from sslr.data.source import DownloadableSource, Pool, default_root
 
 
 def _torchvision_class(name: str):
@@ -30,7 +31,7 @@ def cifar_not_found(name: str, root: str | None, reason: str | None = None) -> D
     failed = f" and could not be downloaded ({reason})" if reason else ""
     return DatasetNotFoundError(
         f"{name} was not found in {folder}{failed}: extract the python version ({cls.url}) "
-        f"there, or pass root= the folder that holds {cls.base_folder}/."
+        f"there, or set --data.root (root= in Python) to the folder that holds {cls.base_folder}/."
     )
 
 
@@ -46,12 +47,7 @@ def cifar_present(name: str, root: str | None) -> bool:
 
 def download_cifar(name: str, root: str | None) -> None:
     """Download and extract with torchvision; one clear DatasetNotFoundError when that fails."""
-    cls = _torchvision_class(name)
-    target = str(Path(root or default_root()).expanduser())
-    try:
-        cls(target, train=True, download=True)
-    except (OSError, RuntimeError) as err:
-        raise cifar_not_found(name, root, reason=str(err) or type(err).__name__) from err
+    {"CIFAR-10": CIFAR10Source, "CIFAR-100": CIFAR100Source}[name](root, True).prepare()
 
 
 @functools.cache
@@ -74,41 +70,56 @@ def load_cifar(name: str, root: str | None) -> tuple[Tensor, Tensor, Tensor, Ten
         raise cifar_not_found(name, root) from err
 
 
-class _CIFAR(DownloadableDataModule):
-    """CIFAR through torchvision: downloaded in ``prepare_data`` when ``download`` and online.
+class CIFARSource(DownloadableSource):
+    """CIFAR read with torchvision under ``root``: the 50,000 official training images then the
+    10,000 test images. Downloaded when absent and ``download``; offline and absent, one
+    DatasetNotFoundError naming the folder looked in."""
 
-    Offline and absent, ``prepare_data`` (and ``setup``) raise DatasetNotFoundError with one
-    sentence naming the folder looked in. Test split: the official 10,000 test images.
-    Augmentation: random crop with zero padding (4 px at 32 px) and horizontal flip.
-    """
-
-    dataset_name: str
     flip = True
 
-    def prepare_data(self) -> None:
-        if cifar_present(self.dataset_name, self.root):
-            return
-        if not self.download:
-            raise cifar_not_found(self.dataset_name, self.root)
-        download_cifar(self.dataset_name, self.root)
+    def present(self) -> bool:
+        return cifar_present(self.name, self.root)
 
-    def _load_train_test(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return load_cifar(self.dataset_name, self.root)
+    def fetch(self, target: Path) -> None:
+        _torchvision_class(self.name)(str(target), train=True, download=True)
+
+    def not_found(self, reason: str | None = None) -> DatasetNotFoundError:
+        return cifar_not_found(self.name, self.root, reason)
+
+    def load(self) -> Pool:
+        return Pool.from_parts(*load_cifar(self.name, self.root))
 
 
-class CIFAR10(_CIFAR):
-    """CIFAR-10: 50,000 training and 10,000 test images of 10 classes, 32x32 RGB."""
-
-    dataset_name = "CIFAR-10"
+class CIFAR10Source(CIFARSource):
+    name = "CIFAR-10"
     num_classes = 10
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
 
 
-class CIFAR100(_CIFAR):
-    """CIFAR-100: 50,000 training and 10,000 test images of 100 fine classes, 32x32 RGB."""
-
-    dataset_name = "CIFAR-100"
+class CIFAR100Source(CIFARSource):
+    name = "CIFAR-100"
     num_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
+
+
+class CIFAR10(DownloadableDataModule):
+    """CIFAR-10: 50,000 training and 10,000 test images of 10 classes, 32x32 RGB.
+
+    Through torchvision: downloaded in ``prepare_data`` when ``download`` and online. Offline and
+    absent, ``prepare_data`` (and ``setup``) raise DatasetNotFoundError with one sentence naming
+    the folder looked in. Test split: the official 10,000 test images. Augmentation: random crop
+    with zero padding (4 px at 32 px) and horizontal flip.
+    """
+
+    source_class = CIFAR10Source
+
+
+class CIFAR100(DownloadableDataModule):
+    """CIFAR-100: 50,000 training and 10,000 test images of 100 fine classes, 32x32 RGB.
+
+    Read, downloaded and augmented as :class:`CIFAR10`.
+    """
+
+    source_class = CIFAR100Source

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from sslr.data.base import ClassificationDataModule
+from sslr.data.protocols import ClassificationSplits
+from sslr.data.source import DatasetSource, Pool
 from sslr.data.splits import TEST_SPLIT, stratified_split
 
 
@@ -25,6 +27,32 @@ def load_digits_pool() -> tuple[Tensor, Tensor]:
     return x, torch.from_numpy(bunch.target).long()
 
 
+class DigitsSource(DatasetSource):
+    """The 1,797 digits in scikit-learn's order; the test part is ``test_fraction`` of every class,
+    drawn with ``split_seed`` (no test part when ``test_fraction`` is None: the hashing protocol
+    pools everything). Mirrored 2, 3, 5 or 7 are not the same digit: no flip."""
+
+    name = "Digits"
+    num_classes = 10
+    # Per-channel statistics of the [0, 1] pixels of all 1,797 digits at 32 px.
+    mean = (0.3053, 0.3053, 0.3053)
+    std = (0.3235, 0.3235, 0.3235)
+    flip = False
+
+    def __init__(self, test_fraction: float | None = None, split_seed: int = 0) -> None:
+        if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def load(self) -> Pool:
+        x, y = load_digits_pool()
+        if self.test_fraction is None:
+            return Pool(x, y, None)
+        _, test = stratified_split(y, self.test_fraction, self.split_seed, TEST_SPLIT)
+        return Pool(x, y, test)
+
+
 class Digits(ClassificationDataModule):
     """scikit-learn's bundled handwritten digits (10 classes), upsampled to ``image_size`` RGB.
 
@@ -38,12 +66,6 @@ class Digits(ClassificationDataModule):
     7 is not the same digit). ``root`` is accepted for a uniform interface and ignored.
     ``num_workers`` defaults to 0: the whole set is 2 MB in memory, workers only add start-up time.
     """
-
-    num_classes = 10
-    # Per-channel statistics of the [0, 1] pixels of all 1,797 digits at 32 px.
-    mean = (0.3053, 0.3053, 0.3053)
-    std = (0.3235, 0.3235, 0.3235)
-    flip = False
 
     def __init__(
         self,
@@ -61,23 +83,5 @@ class Digits(ClassificationDataModule):
         split_seed: int = 0,
     ) -> None:
         super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            pin_memory,
-            val_fraction,
-            seed,
-            augment,
-            image_size,
-            on_device,
-            subset,
+            DigitsSource(test_fraction, split_seed), ClassificationSplits(val_fraction, subset)
         )
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
-
-    def _load_train_test(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x, y = load_digits_pool()
-        train, test = stratified_split(y, self.test_fraction, self.split_seed, TEST_SPLIT)
-        return x[train], y[train], x[test], y[test]

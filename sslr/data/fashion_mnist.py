@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sslr.data.base import DownloadableDataModule, default_root
+from sslr.data.base import DownloadableDataModule
 from sslr.data.errors import DatasetNotFoundError
+from sslr.data.source import DownloadableSource, Pool, default_root
 
 ENV_VAR = "SSLR_FASHION_MNIST"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -103,23 +104,42 @@ def not_found_message(root: str | None, reason: str | None = None) -> str:
     failed = f" and could not be downloaded ({reason})" if reason else ""
     return (
         f"Fashion-MNIST was not found in {searched}{failed}: put the four idx .gz files "
-        f"(train-images-idx3-ubyte.gz, ...) in a folder and set {ENV_VAR} to it or pass root=, "
+        f"(train-images-idx3-ubyte.gz, ...) in a folder and set {ENV_VAR} or --data.root to it, "
         f"or install Debian's copy with `apt-get install dataset-fashion-mnist`."
     )
 
 
 def download_fashion_mnist(root: str | None) -> None:
     """Fetch the idx files with torchvision into ``root`` (or the default data folder)."""
-    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+    FashionMNISTSource(root, download=True).prepare()
 
-    target = root or default_root()
-    try:
+
+class FashionMNISTSource(DownloadableSource):
+    """Fashion-MNIST's 60,000 training then 10,000 test images, found offline where possible (see
+    the module docstring), else downloaded with torchvision when ``download``. A mirrored garment
+    is the same kind of garment: flip allowed."""
+
+    name = "Fashion-MNIST"
+    num_classes = 10
+    # Statistics of the [0, 1] pixels of the 60,000 training images at 32 px (at 28 px: .2860, .3530).
+    mean = (0.2854, 0.2854, 0.2854)
+    std = (0.3384, 0.3384, 0.3384)
+    flip = True
+
+    def present(self) -> bool:
+        return find_fashion_mnist(self.root) is not None
+
+    def fetch(self, target: Path) -> None:
+        from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
         for train in (True, False):
-            TorchvisionFashionMNIST(target, train=train, download=True)
-    except (OSError, RuntimeError) as err:
-        raise DatasetNotFoundError(
-            not_found_message(root, reason=str(err) or type(err).__name__)
-        ) from err
+            TorchvisionFashionMNIST(str(target), train=train, download=True)
+
+    def not_found(self, reason: str | None = None) -> DatasetNotFoundError:
+        return DatasetNotFoundError(not_found_message(self.root, reason))
+
+    def load(self) -> Pool:
+        return Pool.from_parts(*load_fashion_mnist(self.root))
 
 
 class FashionMNIST(DownloadableDataModule):
@@ -131,18 +151,4 @@ class FashionMNIST(DownloadableDataModule):
     horizontal flip (a mirrored garment is the same kind of garment).
     """
 
-    num_classes = 10
-    # Statistics of the [0, 1] pixels of the 60,000 training images at 32 px (at 28 px: .2860, .3530).
-    mean = (0.2854, 0.2854, 0.2854)
-    std = (0.3384, 0.3384, 0.3384)
-    flip = True
-
-    def prepare_data(self) -> None:
-        if find_fashion_mnist(self.root) is not None:
-            return
-        if not self.download:
-            raise DatasetNotFoundError(not_found_message(self.root))
-        download_fashion_mnist(self.root)
-
-    def _load_train_test(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return load_fashion_mnist(self.root)
+    source_class = FashionMNISTSource

@@ -11,16 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import default_loader
 
 from sslr.data.errors import DatasetNotFoundError, ListFileError
-from sslr.data.hashing import carve_val_queries, default_val_queries
-from sslr.data.loaders import streaming_loader
-from sslr.data.splits import DATABASE, random_subset
+from sslr.data.protocols import HashingSplits
+from sslr.data.streaming import StreamingDataModule, StreamingSource
 from sslr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 # Number of labels of each known dataset (the width of its label vectors).
@@ -92,7 +90,69 @@ class ListImages(Dataset):
         return self.transform(image), self.labels[i]
 
 
-class HashingListData(L.LightningDataModule):
+class ListFileSource(StreamingSource):
+    """Images under ``root`` named by three list files in ``list_dir`` (default: ``root``):
+    ``names["train"]``, ``names["query"]`` (the test queries) and ``names["database"]``.
+
+    The protocol carves the validation queries out of the database, never from images that are
+    also training images (by path), and caps both databases. Setup checks every listed image.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    flip = True
+
+    def __init__(self, root: str, dataset: str, list_dir: str | None, names: dict[str, str]):
+        if dataset not in LIST_DATASETS:
+            raise ValueError(
+                f"unknown hashing list dataset {dataset!r}; choose one of "
+                f"{', '.join(LIST_DATASETS)}."
+            )
+        self.root = root
+        self.name = dataset
+        self.num_classes = LIST_DATASETS[dataset]
+        self.list_dir = list_dir
+        self.names = names
+
+    def datasets(
+        self, splits: HashingSplits, image_size: int, augment: bool, seed: int
+    ) -> dict[str, Dataset]:
+        image_root = Path(self.root).expanduser()
+        list_dir = Path(self.list_dir).expanduser() if self.list_dir else image_root
+        lists = {
+            name: parse_list_file(list_dir / file, self.num_classes)
+            for name, file in self.names.items()
+        }
+        for images in lists.values():
+            check_images(images, image_root)
+
+        train, query, database = lists["train"], lists["query"], lists["database"]
+        # Indices into the database list; val queries avoid images that are also training images.
+        db_index = torch.arange(len(database.paths))
+        train_paths = set(train.paths)
+        in_train = torch.tensor([p in train_paths for p in database.paths], dtype=torch.bool)
+        val_query, val_database = splits.validation(
+            db_index, len(query.paths), seed, db_index[in_train]
+        )
+        train_tf = train_transform(image_size, augment)
+        eval_tf = eval_transform(image_size)
+
+        def part(images: ImageList, index: Tensor | None, transform: Any) -> ListImages:
+            if index is None:
+                return ListImages(image_root, images.paths, images.labels, transform)
+            paths = [images.paths[i] for i in index.tolist()]
+            return ListImages(image_root, paths, images.labels[index], transform)
+
+        return {
+            "train": part(train, None, train_tf),
+            "query": part(query, None, eval_tf),
+            "database": part(database, splits.cap(db_index), eval_tf),
+            "val_query": part(database, val_query, eval_tf),
+            "val_database": part(database, splits.cap(val_database), eval_tf),
+        }
+
+
+class HashingListData(StreamingDataModule):
     """Multi-label hashing retrieval from list files: NUS-WIDE (21 most frequent concepts), MS-COCO
     (80) and ImageNet-100 (100).
 
@@ -107,9 +167,6 @@ class HashingListData(L.LightningDataModule):
     multi-hot float (N, num_classes). ``val_dataloader()``/``test_dataloader()`` return
     ``[queries, database]``. Setup checks that every listed image exists.
     """
-
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
 
     def __init__(
         self,
@@ -129,99 +186,9 @@ class HashingListData(L.LightningDataModule):
         val_queries: int | None = None,
         split_seed: int = 0,
     ) -> None:
-        super().__init__()
-        if dataset not in LIST_DATASETS:
-            raise ValueError(
-                f"unknown hashing list dataset {dataset!r}; choose one of "
-                f"{', '.join(LIST_DATASETS)}."
-            )
-        if database_size is not None and database_size < 1:
-            raise ValueError(f"database_size must be positive, got {database_size}.")
-        self.save_hyperparameters()
-        self.root = root
-        self.dataset = dataset
-        self.list_dir = list_dir
-        self.list_names = {"train": train_list, "query": query_list, "database": database_list}
-        self.num_classes = LIST_DATASETS[dataset]
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.seed = seed
-        self.augment = augment
-        self.image_size: int = image_size or 224
-        self.database_size = database_size
-        self.val_queries = val_queries
-        self.split_seed = split_seed
-        self._splits: dict[str, ListImages] | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._splits is not None:
-            return
-        image_root = Path(self.root).expanduser()
-        list_dir = Path(self.list_dir).expanduser() if self.list_dir else image_root
-        lists = {
-            name: parse_list_file(list_dir / file, self.num_classes)
-            for name, file in self.list_names.items()
-        }
-        for images in lists.values():
-            check_images(images, image_root)
-
-        train, query, database = lists["train"], lists["query"], lists["database"]
-        # Indices into the database list; val queries avoid images that are also training images.
-        db_index = torch.arange(len(database.paths))
-        train_paths = set(train.paths)
-        in_train = torch.tensor([p in train_paths for p in database.paths], dtype=torch.bool)
-        count = default_val_queries(self.val_queries, len(query.paths), len(database.paths))
-        val_query, val_database = carve_val_queries(db_index, count, self.seed, db_index[in_train])
-        capped_db = random_subset(db_index, self.database_size, self.split_seed, DATABASE)
-        val_database = random_subset(val_database, self.database_size, self.split_seed, DATABASE)
-
-        train_tf = train_transform(self.image_size, self.augment)
-        eval_tf = eval_transform(self.image_size)
-
-        def part(images: ImageList, index: Tensor | None, transform: Any) -> ListImages:
-            if index is None:
-                return ListImages(image_root, images.paths, images.labels, transform)
-            paths = [images.paths[i] for i in index.tolist()]
-            return ListImages(image_root, paths, images.labels[index], transform)
-
-        self._splits = {
-            "train": part(train, None, train_tf),
-            "query": part(query, None, eval_tf),
-            "database": part(database, capped_db, eval_tf),
-            "val_query": part(database, val_query, eval_tf),
-            "val_database": part(database, val_database, eval_tf),
-        }
-
-    def split_size(self, name: str) -> int:
-        """Number of images of "train", "query", "database", "val_query" or "val_database"."""
-        self.setup()
-        return len(self._splits[name])
-
-    def split_dataset(self, name: str) -> ListImages:
-        """The dataset of one split (after setup)."""
-        self.setup()
-        return self._splits[name]
-
-    def _loader(self, name: str, train: bool) -> DataLoader:
-        self.setup()
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
-        pin = self.pin_memory and device is not None and device.type == "cuda"
-        return streaming_loader(
-            self._splits[name], train, self.batch_size, self.num_workers, pin, self.seed
+        names = {"train": train_list, "query": query_list, "database": database_list}
+        super().__init__(
+            ListFileSource(root, dataset, list_dir, names),
+            HashingSplits(None, None, database_size, val_queries, split_seed),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        self.setup()
-        if len(self._splits["val_query"]) == 0:
-            return []
-        return [self._loader("val_query", train=False), self._loader("val_database", train=False)]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader("query", train=False), self._loader("database", train=False)]
-
-    def predict_dataloader(self) -> list[DataLoader]:
-        return self.test_dataloader()
+        self.list_names = names

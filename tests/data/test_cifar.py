@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import urllib.error
 
@@ -38,6 +39,34 @@ def test_offline_and_absent_fails_at_once_naming_the_folder(cls, folder, tmp_pat
     assert str(tmp_path / folder) in message
     assert "could not be downloaded" in message and "no network" in message
     assert message.count(". ") == 0 and "\n" not in message  # one sentence
+    assert "--data.root" in message  # the option as it is typed
+
+
+def _mkdir_then_offline(url, download_root, *args, **kwargs):
+    """torchvision's downloader offline: it creates the target folder, then the request fails."""
+    os.makedirs(download_root, exist_ok=True)
+    raise urllib.error.URLError("no network")
+
+
+def test_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """torchvision creates the target folder before the download fails: it must not stay."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", _mkdir_then_offline)
+    monkeypatch.setenv("SSLR_DATA", str(tmp_path / "data"))
+    for dm in (CIFAR10(), HashingCIFAR10()):
+        with pytest.raises(DatasetNotFoundError, match="no network"):
+            dm.prepare_data()
+        assert not (tmp_path / "data").exists()
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)
+    (kept / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(DatasetNotFoundError):
+        CIFAR10(root=str(kept)).prepare_data()
+    assert sorted(p.name for p in kept.rglob("*")) == [
+        "a.txt",
+        "notes",
+    ]  # folders that existed stay
 
 
 def test_no_download_and_setup_without_data_fail_clearly(tmp_path):

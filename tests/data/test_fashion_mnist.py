@@ -87,6 +87,23 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
         FashionMNIST(root=str(tmp_path / "nowhere")).prepare_data()
 
 
+def test_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """torchvision creates FashionMNIST/raw before its download fails: none of it may stay."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    def mkdir_then_offline(url, download_root, *args, **kwargs):
+        (tmp_path / "nowhere" / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        assert str(download_root).startswith(str(tmp_path / "nowhere"))
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(fm, "DEBIAN_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", mkdir_then_offline)
+    with pytest.raises(DatasetNotFoundError, match="could not be downloaded .*no network") as err:
+        FashionMNIST(root=str(tmp_path / "nowhere")).prepare_data()
+    assert "\n" not in str(err.value)  # torchvision's multi-line reason joined into one line
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_debian_copy(fashion_dir):
     dm = FashionMNIST(num_workers=0, seed=3)
     dm.prepare_data()
