@@ -84,6 +84,7 @@ def autoattack(
     eot_samples: int = 1,
     grad_fn: GradFn | None = None,
     num_classes: int | None = None,
+    budget: dict[str, dict] | None = None,
     progress: Callable[[str, AttackResult], None] | None = None,
 ) -> AutoAttackResult:
     """AutoAttack on a batch ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,).
@@ -94,9 +95,9 @@ def autoattack(
     seeded with ``seed``, and depend on an image's position, not on the other images, so a
     member's verdict on an image is the same in the ensemble as alone. The APGD members follow
     the caller's gradient context (``eot_samples``/``grad_fn`` as in :func:`apgd`); Square uses
-    no gradient. ``progress(member, result)`` is called after each member. Bad settings raise
-    ValueError before any model call but one (the class count, when ``num_classes`` is not
-    given).
+    no gradient. ``budget`` overrides members' settings, e.g. ``{"square": {"queries": 1000}}``
+    (then say so: it is no longer the named version). ``progress(member, result)`` is called
+    after each member. Bad settings raise ValueError before any model call.
     """
     if version not in MEMBERS:
         raise ValueError(f"Unknown AutoAttack version {version!r}: use {' or '.join(MEMBERS)}")
@@ -104,13 +105,24 @@ def autoattack(
     eps = check_eps(eps)
     check_positive(eot_samples, "eot_samples", "gradient draws per step")
     check_batch(x, y)
+    members = dict(MEMBERS[version])
+    unknown = set(budget or {}) - set(members)
+    if unknown:
+        raise ValueError(
+            f"Unknown AutoAttack member(s) {', '.join(sorted(unknown))} in budget: the members "
+            f"are {', '.join(members)}"
+        )
+    for name, extra in (budget or {}).items():
+        members[name] = (members[name][0], {**members[name][1], **extra})
+        for key in ("steps", "queries", "n_target_classes", "restarts"):
+            if key in extra:
+                check_positive(extra[key], key, f"{name}'s budget")
     x0 = x.detach()
     y = y.to(x0.device)
     with torch.no_grad():
         logits = model(x0)
     num_classes = int(logits.shape[1]) if num_classes is None else int(num_classes)
     clean = logits.argmax(dim=1) == y
-    members = dict(MEMBERS[version])
     if num_classes < 4:
         members.pop("apgd-t")
     result = AutoAttackResult(x_adv=x0.clone(), clean=clean, robust=clean.clone())

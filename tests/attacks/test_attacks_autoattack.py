@@ -11,6 +11,12 @@ from sslr.robustness import Norm
 from sslr.robustness.attacks import bound_excess
 
 EPS = 12 / 255
+# "fast" on a still smaller budget: the shared test CPU
+BUDGET = {
+    "apgd-ce": {"steps": 10},
+    "apgd-t": {"steps": 10, "n_target_classes": 2},
+    "square": {"queries": 60},
+}
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +24,15 @@ def runs(model, subset):
     x, y = subset[0][:64], subset[1][:64]
     reports = []
     cascade = autoattack(
-        model, x, y, eps=EPS, version="fast", progress=lambda name, r: reports.append(name)
+        model,
+        x,
+        y,
+        eps=EPS,
+        version="fast",
+        budget=BUDGET,
+        progress=lambda name, r: reports.append(name),
     )
-    alone = autoattack(model, x, y, eps=EPS, version="fast", cascade=False)
+    alone = autoattack(model, x, y, eps=EPS, version="fast", budget=BUDGET, cascade=False)
     return x, y, cascade, alone, reports
 
 
@@ -65,8 +77,8 @@ def test_members_alone_match_the_attack_functions(model, subset):
     """The ensemble's members are the package's functions with the version's settings: run
     alone with the same seed they leave the same accuracy (draws depend on the image only)."""
     x, y = subset[0][:32], subset[1][:32]
-    alone = autoattack(model, x, y, eps=EPS, version="fast", cascade=False)
-    settings = {name: s for name, (_, s) in MEMBERS["fast"].items()}
+    alone = autoattack(model, x, y, eps=EPS, version="fast", budget=BUDGET, cascade=False)
+    settings = {name: {**s, **BUDGET[name]} for name, (_, s) in MEMBERS["fast"].items()}
     direct = {
         "apgd-ce": apgd(model, x, y, eps=EPS, **settings["apgd-ce"]),
         "apgd-t": apgd_targeted(model, x, y, eps=EPS, **settings["apgd-t"]),
@@ -83,5 +95,10 @@ def test_apgd_t_is_left_out_below_four_classes(model, subset):
         return model(z)[:, :3]
 
     keep = y < 3
-    result = autoattack(three_classes, x[keep], y[keep], eps=EPS, version="fast")
+    result = autoattack(three_classes, x[keep], y[keep], eps=EPS, version="fast", budget=BUDGET)
     assert list(result.members) == ["apgd-ce", "square"]
+
+
+def test_a_budget_for_an_unknown_member_is_refused(model, subset):
+    with pytest.raises(ValueError, match="Unknown AutoAttack member"):
+        autoattack(model, *subset, eps=EPS, budget={"fab-t": {"steps": 5}})
