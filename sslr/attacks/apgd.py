@@ -356,8 +356,8 @@ def _attack(
     active = torch.ones(n, dtype=torch.bool, device=device) if active is None else active.bool()
     clean = _clean_logits(model, x0).argmax(dim=1)
     goal = targets[0] if explicit else None
-    success = (clean == goal) if explicit else (clean != y)
-    success = success & active
+    clean_success = ((clean == goal) if explicit else (clean != y)) & active
+    success = clean_success.clone()
     x_adv = x0.clone()
     queries = torch.zeros(n, dtype=torch.long, device=device)
     degenerate = torch.zeros(n, dtype=torch.bool, device=device)
@@ -366,7 +366,7 @@ def _attack(
     for target in targets:
         for _ in range(restarts):
             noise = draw(tuple(x0.shape), generator, x0, normal=run["norm"] == "l2")
-            todo = active & ~success if keep == "adversarial" else active & ~(clean != y)
+            todo = active & ~(success if keep == "adversarial" else clean_success)
             index = todo.nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
