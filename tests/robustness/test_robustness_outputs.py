@@ -39,7 +39,8 @@ def test_csv_png_and_csv_logger(target, dataset, tmp_path):
         reader = csv.reader(f)
         header = next(reader)
         body = list(reader)
-    assert header == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n"]
+    assert header == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric"]
+    assert {line[-1] for line in body} == {"accuracy"}
     assert tuple(header) == COLUMNS and len(body) == len(rows)
     assert read_csv(tmp_path / "robustness.csv") == rows
     assert {r.gradient for r in rows if r.attack == "square"} == {"none"}
