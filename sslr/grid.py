@@ -75,7 +75,7 @@ DEFAULT_EPOCHS = {"pretrain": 10, "finetune": 5}
 OWNED = (
     *("--model.backbone", "--model.rule", "--model.seed", "--model.pretrained_ckpt"),
     *("--data.seed", "--seed_everything", "--trainer.max_epochs", "--trainer.logger"),
-    *("--ckpt_path", "--suite.surrogate_ckpt"),
+    *("--ckpt_path", "--suite.surrogate_ckpt", "--out_dir"),
 )
 DONE, STARTED = "done.json", "started.json"
 # Noise when the grid reuses its own folders on purpose (a resumed fit, started.json).
@@ -282,7 +282,7 @@ def _eps(value):
 
 def _suite(suite, with_bp: bool) -> dict:
     """attack.suite checked by SuiteConfig itself, epsilons as floats."""
-    from sslr.robustness.config import SuiteConfig
+    from sslr.robustness import SuiteConfig, get_attack
 
     if not isinstance(suite, dict):
         raise GridError("attack.suite must be a mapping of SuiteConfig fields")
@@ -294,7 +294,7 @@ def _suite(suite, with_bp: bool) -> dict:
     try:
         config = SuiteConfig(**suite)
         wants_transfer = "transfer" in [s.value for s in config.gradient_sources] and any(
-            a.white_box for a in config.attack_kinds
+            get_attack(a).white_box for a in config.attack_kinds
         )
     except (TypeError, ValueError) as err:
         raise GridError(f"attack.suite: {err}") from None
@@ -358,6 +358,7 @@ class GridRun:
         args += ["--model.seed", seed, "--data.seed", seed]
         if kind == "attack":
             args += [*grid.finetune_args, "--ckpt_path", str(ckpt)]
+            args += ["--out_dir", str(grid.out / backbone / rule)]  # the run's own folder
             for key, value in grid.suite.items():
                 args += [f"--suite.{key}", json.dumps(value)]
             if surrogate is not None:
