@@ -57,9 +57,7 @@ class RetiredHashingOptions:
         for old in (f.name for f in dataclasses.fields(self)):
             if getattr(self, old) is not None:
                 new = RENAMED[old]
-                note = (
-                    " (relative: alpha = step_size * eps / steps)" if old == "step" else ""
-                )
+                note = " (relative: alpha = step_size * eps / steps)" if old == "step" else ""
                 raise UserError(
                     f"--hashing.{old} is gone: use --suite.{new}{note}; one --suite serves "
                     "classification and hashing checkpoints"
@@ -134,8 +132,14 @@ def attack_checkpoint(
     say(f"sslr attack: {ckpt_path} (rule {model.rule}, {task}) -> {folder}")
     with FolderLock(folder, "attack"):
         rows = run_suite(
-            model, datamodule, config, surrogate=surrogate, loggers=loggers, out_dir=folder,
-            progress=say, result=result,
+            model,
+            datamodule,
+            config,
+            surrogate=surrogate,
+            loggers=loggers,
+            out_dir=folder,
+            progress=say,
+            result=result,
         )
         atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
     say(format_table(rows))

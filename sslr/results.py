@@ -82,8 +82,8 @@ def _number(text: str | None, kind: type, path: Path, line: int, column: str):
         value = None
     if value is None or (kind is float and not math.isfinite(value) and column == "eps"):
         raise ResultsError(
-            f"{path}, line {line}: {column} = {text!r} is not a number; the file is corrupt or "
-            "truncated (rerun the attack to rewrite it)"
+            f"{path}, line {line}: cannot read {column}={text!r} as a number; the file is "
+            "corrupt (rerun the attack to rewrite it)."
         )
     return value
 
@@ -96,17 +96,22 @@ def read_rows(path: str | Path) -> list[RobustnessRow]:
     except UnicodeDecodeError as err:
         raise ResultsError(f"{path} is not a text CSV file ({err.reason})") from err
     if not text.strip():
-        raise ResultsError(f"{path} is empty: rerun the attack to rewrite it")
+        raise ResultsError(f"{path} is empty: rerun the attack to rewrite it.")
     if not text.endswith("\n"):
-        raise ResultsError(f"{path} does not end with a newline: the file is truncated")
+        raise ResultsError(
+            f"{path} does not end with a newline: the file is truncated (rerun the attack)."
+        )
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
     if missing:
-        raise ResultsError(f"{path} lacks the columns {', '.join(missing)}: not a robustness.csv")
+        raise ResultsError(
+            f"{path} lacks the column(s) {', '.join(missing)}; a robustness.csv needs "
+            f"{','.join(REQUIRED)}."
+        )
     rows = []
     for line, raw in enumerate(reader, start=2):
         if None in raw or any(raw.get(c) is None for c in REQUIRED):
-            raise ResultsError(f"{path}, line {line}: the row has the wrong number of fields")
+            raise ResultsError(f"{path}, line {line}: the row has the wrong number of fields.")
         rows.append(
             RobustnessRow(
                 attack=raw["attack"],
@@ -141,9 +146,9 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
     lines: dict[tuple, dict[tuple, float]] = {}
     columns: dict[tuple, str] = {}
     for r in rows:
-        lines.setdefault((r.attack, r.norm, r.gradient, r.metric, r.steps), {})[
-            (r.norm, r.eps)
-        ] = r.accuracy
+        lines.setdefault((r.attack, r.norm, r.gradient, r.metric, r.steps), {})[(r.norm, r.eps)] = (
+            r.accuracy
+        )
         columns.setdefault((r.norm, r.eps), eps_label(r.eps, r.norm))
     order = sorted(columns, key=lambda c: (c[0] != "linf", c[0], c[1]))
     head = ["attack", "norm", "gradient", "metric", "steps", *(columns[c] for c in order)]
@@ -153,9 +158,10 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
     ]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     text = [
-        "  ".join(cell.rjust(w) if i >= 4 else cell.ljust(w) for i, (cell, w) in enumerate(
-            zip(line, widths, strict=True)
-        ))
+        "  ".join(
+            cell.rjust(w) if i >= 4 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
         for line in [head, *body]
     ]
     return "\n".join([f"robustness (n = {rows[0].n})", *text])

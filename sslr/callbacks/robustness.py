@@ -101,9 +101,7 @@ class RobustnessEvaluation(Callback):
             return
         surrogate = self._load_surrogate(pl_module)
         # The model is in training mode during fit: attacked in eval mode, put back after.
-        rows = run_suite(
-            pl_module, loaders, self.suite, surrogate=surrogate, warn_train_mode=False
-        )
+        rows = run_suite(pl_module, loaders, self.suite, surrogate=surrogate, warn_train_mode=False)
         step = trainer.global_step
         png = None
         if self.save_files:

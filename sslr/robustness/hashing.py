@@ -45,6 +45,7 @@ from sslr.metrics import binarize, mean_average_precision
 from sslr.robustness.registry import AttackSpec
 from sslr.robustness.target import AttackTarget
 
+
 class HashAttack(str, Enum):
     """Hashing attacks: ``pgd`` and ``hag`` are untargeted (scored by mAP with the true labels),
     ``p2p`` and ``dhta`` targeted (scored by t-mAP, with the target label as relevance)."""
@@ -281,8 +282,6 @@ def _database_images(loader) -> Callable[[torch.Tensor], torch.Tensor]:
         return (x / 255.0 if not x.is_floating_point() else x).float()
 
     return fetch
-
-
 
 
 # --- the hashing task of the engine --------------------------------------------------------

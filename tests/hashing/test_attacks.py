@@ -40,6 +40,7 @@ def code_provider(target, shape, attack, source):
         target.attack_target, shape, source, loss=CodeLoss(attack), labels="codes"
     )
 
+
 # Wider than the default sweep (0, 2, 4, 8)/255: this small Digits model at 16 px barely moves
 # below 4/255, where the untargeted objective first flips its least confident bits (which can
 # even help retrieval a little).
@@ -156,9 +157,7 @@ def test_an_illegal_example_is_caught_at_runtime(trained, monkeypatch):
     monkeypatch.setattr(
         "sslr.robustness.attacks.pgd", lambda clf, x, *a, **k: (x + 0.1).clamp(0, 1)
     )
-    config = SuiteConfig(
-        attacks=["pgd"], gradients=["exact"], eps=[2 / 255], steps=1, n_samples=4
-    )
+    config = SuiteConfig(attacks=["pgd"], gradients=["exact"], eps=[2 / 255], steps=1, n_samples=4)
     with pytest.raises(AttackBoundsError, match="outside"):
         run_suite(trained.model, trained.datamodule, config)
 
