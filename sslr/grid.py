@@ -63,6 +63,9 @@ from pathlib import Path
 
 import yaml
 
+from sslr.atomic import FolderLock, atomic_write
+from sslr.errors import UserError
+
 KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed")
 STAGE_KEYS = {
     "pretrain": ("epochs", "args", "weights"),
@@ -717,9 +720,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, value: dict) -> None:
     """Atomically: a marker is either absent or complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- the command
@@ -755,10 +756,13 @@ def main_grid(argv: list[str] | None = None) -> int:
             for message in _QUIET:
                 warnings.filterwarnings("ignore", message=message)
             runner = GridRun(grid, dry_run=args.dry_run, echo=print)
-            runner.execute()
+            # One grid per folder: a second one on the same --out is refused, not merged.
+            lock = contextlib.nullcontext() if args.dry_run else FolderLock(grid.out, "grid folder")
+            with lock:
+                runner.execute()
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
-    except GridError as err:
+    except (GridError, UserError) as err:
         print(f"sslr grid: error: {err}", file=sys.stderr)
         return 2
     finally:
