@@ -65,10 +65,13 @@ class RetiredHashingOptions:
 
 
 def load_weights(model, ckpt_path: str, weights_only: bool = False) -> None:
-    """Load a checkpoint into ``model`` in place (the one place this command opens one)."""
-    from sslr.trainer import load_checkpoint
+    """Load a Lightning checkpoint into ``model`` in place, rule and feedback state included
+    (the one place this command opens the attacked checkpoint)."""
+    import torch
 
-    load_checkpoint(model, ckpt_path, weights_only=weights_only)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
 
 
 def load_surrogate(model, ckpt_path: str, device):

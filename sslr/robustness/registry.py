@@ -18,7 +18,8 @@ An attack is a function ``attack(provider, x, y, *, eps, norm, settings, generat
   random_start, queries, ...), and ``generator``: a torch.Generator on the crafting device,
   seeded with ``settings.seed`` once per cell (NumPy's global generator is seeded too).
 
-It returns adversarial images of x's shape; the engine checks every one against its eps ball
+The built-in attacks register themselves when ``sslr.robustness`` is imported (its
+``attacks`` module). It returns adversarial images of x's shape; the engine checks every one against its eps ball
 and [0, 1], scores it, counts NaN gradients and writes the rows. Adding an attack::
 
     from sslr.robustness import register_attack
@@ -96,18 +97,12 @@ def register_attack(
     return spec
 
 
-def _load_builtins() -> None:
-    import sslr.robustness.attacks  # noqa: F401  (registers fgsm, pgd, square, hag, p2p, dhta)
-
-
 def list_attacks() -> tuple[str, ...]:
-    _load_builtins()
     return tuple(_REGISTRY)
 
 
 def get_attack(name: str) -> AttackSpec:
     """The entry of ``name``, or one ValueError naming the known attacks."""
-    _load_builtins()
     key = str(getattr(name, "value", name)).lower()
     if key not in _REGISTRY:
         known = ", ".join(_REGISTRY)
