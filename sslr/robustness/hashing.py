@@ -40,7 +40,6 @@ from enum import Enum
 import torch
 from torch import nn
 
-from sslr.feedback import feedback_layers
 from sslr.metrics import binarize, mean_average_precision
 from sslr.robustness.registry import AttackSpec
 from sslr.robustness.target import AttackTarget
@@ -109,18 +108,10 @@ class HashingTarget:
         """The :class:`AttackTarget` view (network = :attr:`codes`, ``num_classes`` = bits)."""
         return self._attack_target
 
-    @property
-    def device(self) -> torch.device:
-        return self._attack_target.device
-
-    @property
-    def rules(self) -> set[str]:
-        return {layer.rule for _, layer in feedback_layers(self.network)}
-
-    @property
-    def stochastic_feedback(self) -> bool:
-        """Whether the backward pass is random (brsf): what makes ``eot`` differ from ``rule``."""
-        return "brsf" in self.rules
+    # The network's device and rules are those of its AttackTarget view (the same layers).
+    device = property(lambda self: self._attack_target.device)
+    rules = property(lambda self: self._attack_target.rules)
+    stochastic_feedback = property(lambda self: self._attack_target.stochastic_feedback)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
