@@ -258,3 +258,28 @@ def test_a_classification_attack_on_a_hashing_model_fails_before_any_work(traine
     config = SuiteConfig(attacks=["square"], gradients=[])
     with pytest.raises(ValueError, match="applies to classification models, not to hashing"):
         run_suite(trained.model, object(), config)  # the data is never touched
+
+
+def test_the_robustness_callback_evaluates_a_hashing_model(trained, tmp_path):
+    """RobustnessEvaluation serves hashing runs as classification ones: mAP / t-mAP rows of
+    the split's queries against its database, files and logged metrics."""
+    from types import SimpleNamespace
+
+    from sslr.callbacks import RobustnessEvaluation
+
+    config = SuiteConfig(
+        attacks=["pgd", "p2p"], gradients=["exact"], eps=[0, 8 / 255], steps=3, n_samples=8
+    )
+    callback = RobustnessEvaluation(suite=config)
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda m, step: logged.append(m), save=lambda: None)
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, global_step=5, log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path), loggers=[logger],
+    )  # fmt: skip
+    callback._run(trainer, trained.model, "test", trained.datamodule.test_dataloader())
+    ((stage, step, rows),) = callback.results
+    assert (stage, step) == ("test", 5)
+    assert {(r.attack, r.metric) for r in rows} == {("pgd", "mAP"), ("p2p", "t-mAP")}
+    assert (tmp_path / "robustness" / "test_step=5.csv").is_file()
+    assert logged and all(0.0 <= v <= 1.0 for v in logged[0].values())
