@@ -327,6 +327,7 @@ class GridRun:
         self.config_args = [a for c in grid.configs for a in ("--config", _config_arg(c))]
         self.inputs_configs = [_fingerprint(c) for c in grid.configs]
         self.settings: dict[str, dict] = {}  # per command kind: the config it parses to
+        self.began = time.perf_counter()
 
     # ---- commands ---------------------------------------------------------------------------
 
@@ -424,6 +425,10 @@ class GridRun:
 
     def _say(self, label: str, what: str, new: bool = False) -> None:
         self.index += new
+        if not new and self.index:  # a stage finished: what is left, and when it may end
+            elapsed = time.perf_counter() - self.began
+            left = self.total - self.index
+            what += f"; {left} left, ETA {elapsed / self.index * left:.0f} s" if left else ""
         self.echo(f"sslr grid: [{self.index}/{self.total}] {label}: {what}")
 
     def _fit(self, kind: str, backbone: str, rule: str, start: dict | None = None) -> dict:
