@@ -42,6 +42,9 @@ class SslrTrainer(Trainer):
             weights_only: passed to ``torch.load`` (default: False, a checkpoint sslr wrote);
                 accepted so a run's saved fit config works as ``--config`` here.
         """
+        if hashing is not None and not isinstance(hashing, RetiredHashingOptions):
+            given = hashing.as_dict() if hasattr(hashing, "as_dict") else dict(hashing)
+            RetiredHashingOptions(**given)  # raises, naming the --suite key that replaced it
         if not ckpt_path:
             raise UserError(
                 "sslr attack needs --ckpt_path: the checkpoint to evaluate "
