@@ -477,9 +477,11 @@ class GridRun:
             if trainer.interrupted:
                 raise GridError(f"{label} was interrupted: run sslr grid again to resume it")
             ckpt = _best_checkpoint(trainer, folder)
-            (metrics,) = trainer.test(
+            # One dict per test loader (hashing tests on [queries, database]): merged.
+            tested = trainer.test(
                 cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False
             )
+            metrics = {k: v for result in tested for k, v in result.items()}
         seconds = time.perf_counter() - began
         marker = {
             "stage": kind,
