@@ -12,7 +12,6 @@ runs/demo/. ``python -m sslr.demo --help`` lists the knobs.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from sslr.packaged import config_dir
+from sslr.results import read_rows
 
 QUICKSTART = config_dir() / "quickstart.yaml"  # in the checkout or the installed wheel
 
@@ -56,12 +56,11 @@ def _attack(out: Path, ckpt: str, eps: list[float], n: int, surrogate: str | Non
     args += ["--suite.eps", str([0.0, *eps]), "--suite.gradients", str(sources)]
     if surrogate:
         args += ["--suite.surrogate_ckpt", surrogate]
-    run(args)
-    rows = {}
-    with open(run_folder(ckpt) / "robustness.csv") as f:
-        for row in csv.DictReader(f):
-            rows[(row["gradient"], round(float(row["eps"]) * 255))] = float(row["accuracy"])
-    return rows
+    folder = run_folder(ckpt)
+    run([*args, "--out_dir", str(folder)])
+    return {
+        (r.gradient, round(r.eps * 255)): r.accuracy for r in read_rows(folder / "robustness.csv")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

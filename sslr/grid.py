@@ -63,6 +63,9 @@ from pathlib import Path
 
 import yaml
 
+from sslr.atomic import FolderLock, atomic_write
+from sslr.errors import UserError
+
 KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed")
 STAGE_KEYS = {
     "pretrain": ("epochs", "args", "weights"),
@@ -75,7 +78,7 @@ DEFAULT_EPOCHS = {"pretrain": 10, "finetune": 5}
 OWNED = (
     *("--model.backbone", "--model.rule", "--model.seed", "--model.pretrained_ckpt"),
     *("--data.seed", "--seed_everything", "--trainer.max_epochs", "--trainer.logger"),
-    *("--ckpt_path", "--suite.surrogate_ckpt"),
+    *("--ckpt_path", "--suite.surrogate_ckpt", "--out_dir"),
 )
 DONE, STARTED = "done.json", "started.json"
 # Noise when the grid reuses its own folders on purpose (a resumed fit, started.json).
@@ -282,7 +285,7 @@ def _eps(value):
 
 def _suite(suite, with_bp: bool) -> dict:
     """attack.suite checked by SuiteConfig itself, epsilons as floats."""
-    from sslr.robustness.config import SuiteConfig
+    from sslr.robustness import SuiteConfig, get_attack
 
     if not isinstance(suite, dict):
         raise GridError("attack.suite must be a mapping of SuiteConfig fields")
@@ -294,7 +297,7 @@ def _suite(suite, with_bp: bool) -> dict:
     try:
         config = SuiteConfig(**suite)
         wants_transfer = "transfer" in [s.value for s in config.gradient_sources] and any(
-            a.white_box for a in config.attack_kinds
+            get_attack(a).white_box for a in config.attack_kinds
         )
     except (TypeError, ValueError) as err:
         raise GridError(f"attack.suite: {err}") from None
@@ -324,6 +327,7 @@ class GridRun:
         self.config_args = [a for c in grid.configs for a in ("--config", _config_arg(c))]
         self.inputs_configs = [_fingerprint(c) for c in grid.configs]
         self.settings: dict[str, dict] = {}  # per command kind: the config it parses to
+        self.began = time.perf_counter()
 
     # ---- commands ---------------------------------------------------------------------------
 
@@ -358,6 +362,7 @@ class GridRun:
         args += ["--model.seed", seed, "--data.seed", seed]
         if kind == "attack":
             args += [*grid.finetune_args, "--ckpt_path", str(ckpt)]
+            args += ["--out_dir", str(grid.out / backbone / rule)]  # the run's own folder
             for key, value in grid.suite.items():
                 args += [f"--suite.{key}", json.dumps(value)]
             if surrogate is not None:
@@ -420,6 +425,10 @@ class GridRun:
 
     def _say(self, label: str, what: str, new: bool = False) -> None:
         self.index += new
+        if not new and self.index:  # a stage finished: what is left, and when it may end
+            elapsed = time.perf_counter() - self.began
+            left = self.total - self.index
+            what += f"; {left} left, ETA {elapsed / self.index * left:.0f} s" if left else ""
         self.echo(f"sslr grid: [{self.index}/{self.total}] {label}: {what}")
 
     def _fit(self, kind: str, backbone: str, rule: str, start: dict | None = None) -> dict:
@@ -468,9 +477,11 @@ class GridRun:
             if trainer.interrupted:
                 raise GridError(f"{label} was interrupted: run sslr grid again to resume it")
             ckpt = _best_checkpoint(trainer, folder)
-            (metrics,) = trainer.test(
+            # One dict per test loader (hashing tests on [queries, database]): merged.
+            tested = trainer.test(
                 cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False
             )
+            metrics = {k: v for result in tested for k, v in result.items()}
         seconds = time.perf_counter() - began
         marker = {
             "stage": kind,
@@ -716,9 +727,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _write_json(path: Path, value: dict) -> None:
     """Atomically: a marker is either absent or complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- the command
@@ -754,10 +763,13 @@ def main_grid(argv: list[str] | None = None) -> int:
             for message in _QUIET:
                 warnings.filterwarnings("ignore", message=message)
             runner = GridRun(grid, dry_run=args.dry_run, echo=print)
-            runner.execute()
+            # One grid per folder: a second one on the same --out is refused, not merged.
+            lock = contextlib.nullcontext() if args.dry_run else FolderLock(grid.out, "grid folder")
+            with lock:
+                runner.execute()
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
-    except GridError as err:
+    except (GridError, UserError) as err:
         print(f"sslr grid: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -1,5 +1,8 @@
 """Run folders -> one comparison of the learning rules: markdown tables, a long-form CSV, plots.
 
+Reading lives in :mod:`sslr.report_records` (records, run folders, names and order), the
+figures in :mod:`sslr.report_plots`; this module compares, writes and logs to W&B.
+
 `sslr report RUN_DIR... --out report.md` reads only what training and attacks leave in run
 folders (docs/ARCHITECTURE.md, "Run folders"): `config.yaml` says what was run, `metrics.csv`
 gives the clean accuracy (or mAP), `robustness.csv` the accuracy (or mAP) under attack. Each
@@ -15,415 +18,41 @@ import os
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
-RULE_ORDER = ("bp", "fa", "usf", "frsf", "brsf")
-GRADIENT_ORDER = ("rule", "exact", "eot", "transfer", "none")
-ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n")
-CSV_COLUMNS = (
-    *("task", "dataset", "backbone", "bits", "rule", "attack", "norm", "eps", "steps"),
-    *("gradient", "metric", "value", "delta_vs_bp", "n", "run_dir"),
+from sslr.atomic import atomic_open, atomic_write
+from sslr.report_records import (  # noqa: F401  (re-exported: the report's public names)
+    CLEAN,
+    CLEAN_COLUMNS,
+    CLEAN_METRIC,
+    CSV_COLUMNS,
+    GRADIENT_ORDER,
+    MISSING,
+    RULE_ORDER,
+    SUBSET,
+    Measurement,
+    Record,
+    Report,
+    ReportError,
+    Run,
+    Table,
+    attack_label,
+    column_order,
+    column_title,
+    find_run_dirs,
+    format_cell,
+    format_eps,
+    group_order,
+    group_title,
+    order_key,
+    read_clean,
+    read_config,
+    read_robustness,
+    read_run,
+    select_newest,
 )
-TASKS = {"ClassificationTask": "classification", "HashingTask": "hashing"}
-# The clean metric per task, and the metrics.csv columns it is read from (test split first).
-CLEAN_METRIC = {"classification": "acc", "hashing": "mAP"}
-CLEAN_COLUMNS = {"classification": ("test/acc", "val/acc"), "hashing": ("test/mAP", "val/mAP")}
-CLEAN = "clean"  # the `attack` of the clean measurement (eps 0) in records and report.csv
-# Attacks report eps 0 too: clean accuracy on the attack's subset, the same number for every
-# attack and gradient. The table shows it once, in this column, instead of once per attack.
-SUBSET = "clean-subset"
-MISSING = "–"
-# Never run folders; W&B writes a config.yaml of its own under wandb/.
-_SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
-_NORMS = {"inf": "Linf", "linf": "Linf", "l_inf": "Linf", "np.inf": "Linf", "infinity": "Linf"}
-_NORMS |= {"2": "L2", "2.0": "L2", "l2": "L2", "1": "L1", "1.0": "L1", "l1": "L1"}
-
-
-class ReportError(ValueError):
-    """A problem with the run folders a user gave; the CLI prints it as one sentence, exit code 2."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One number a run reports: its clean metric (attack "clean", eps 0) or one attack setting."""
-
-    attack: str
-    norm: str
-    eps: float
-    steps: int | None
-    gradient: str
-    metric: str
-    value: float
-    n: int | None = None
-
-    @property
-    def column(self) -> tuple:
-        """What identifies this measurement's table column (every field but the value)."""
-        return (self.attack, self.norm, self.metric, self.steps, self.eps, self.gradient)
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run folder, read: what was run (from config.yaml) and what it measured."""
-
-    path: Path  # as found under the RUN_DIR given (relative when that was relative)
-    task: str  # "classification" or "hashing"
-    dataset: str  # the DataModule's class name, e.g. "Digits"
-    backbone: str
-    bits: int | None  # hashing code length; None for classification
-    rule: str
-    measurements: tuple[Measurement, ...]
-    clean_source: str | None  # the metrics.csv column the clean value came from
-    mtime: float  # newest of metrics.csv / robustness.csv (config.yaml when neither exists)
-    has_results: bool  # metrics.csv or robustness.csv exists
-    settings: dict  # flattened seed and model/data init_args, to explain duplicates
-    wandb: tuple[str | None, str | None] = (None, None)  # its WandbLogger's (project, group)
-
-    @property
-    def group(self) -> tuple:
-        """The table this run belongs to: (task, dataset, backbone, bits)."""
-        return (self.task, self.dataset, self.backbone, self.bits)
-
-    @property
-    def key(self) -> tuple:
-        """Runs with the same key are duplicates: the newest one is reported."""
-        return (*self.group, self.rule)
-
-
-@dataclass(frozen=True)
-class Record:
-    """One row of the long-form report.csv: one measurement of one rule, with its delta to bp."""
-
-    task: str
-    dataset: str
-    backbone: str
-    bits: int | None
-    rule: str
-    attack: str
-    norm: str
-    eps: float
-    steps: int | None
-    gradient: str
-    metric: str
-    value: float
-    delta_vs_bp: float | None  # None when the table has no bp value for this column
-    n: int | None
-    run_dir: str
-
-    @property
-    def column(self) -> tuple:
-        """The table column this record fills (as Measurement.column)."""
-        return (self.attack, self.norm, self.metric, self.steps, self.eps, self.gradient)
-
-    def as_row(self) -> list:
-        """The record's fields in CSV_COLUMNS order (None for empty)."""
-        return [getattr(self, name) for name in CSV_COLUMNS]
-
-
-@dataclass(frozen=True)
-class Table:
-    """One comparison table: the rules of one (task, dataset, backbone[, bits]) side by side."""
-
-    title: str
-    header: list[str]
-    rows: list[list[str]]  # formatted cells, first cell the rule
-    run_dirs: dict[str, str]  # rule -> run folder
-    figures: list[Path]
-
-
-@dataclass(frozen=True)
-class Report:
-    """What `build_report` read and wrote."""
-
-    runs: list[Run]  # the runs compared (the newest per task, dataset, backbone, bits, rule)
-    records: list[Record]
-    tables: list[Table]
-    notes: list[str]  # duplicates resolved, skipped folders, clean values taken from val/
-    markdown: str
-    markdown_path: Path
-    csv_path: Path
-    figures: list[Path]
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def format_eps(eps: float) -> str:
-    """Epsilon as people write it: `8/255` when it is a multiple of 1/255 below 1, else `0.5`."""
-    if eps == 0:
-        return "0"
-    k = eps * 255
-    if 0 < eps < 1 and abs(k - round(k)) < 1e-3:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
-def format_cell(value: float | None, delta: float | None) -> str:
-    """`0.412 (+0.031)`; `0.412` when there is no delta; `–` when not measured."""
-    if value is None:
-        return MISSING
-    if delta is None:
-        return f"{value:.3f}"
-    shown = f"{delta:+.3f}"
-    return f"{value:.3f} ({'+0.000' if shown == '-0.000' else shown})"
-
-
-def attack_label(attack: str, steps: int | None) -> str:
-    """`pgd-10` for an iterative attack, `fgsm` for a one-step one."""
-    return f"{attack}-{steps}" if steps is not None and steps > 1 else attack
-
-
-def column_title(column: tuple, task: str) -> str:
-    """A table header, e.g. `pgd-10 Linf ε=8/255 rule` (hashing adds the metric)."""
-    attack, norm, metric, steps, eps, gradient = column
-    if attack == CLEAN:
-        return f"clean {metric}"
-    if attack == SUBSET:
-        return f"clean {metric} (attack subset)"
-    title = f"{attack_label(attack, steps)} {norm} ε={format_eps(eps)} {gradient}"
-    return f"{title} {metric}" if task == "hashing" else title
-
-
-def group_title(group: tuple) -> str:
-    task, dataset, backbone, bits = group
-    parts = [task, dataset, backbone]
-    if task == "hashing":
-        parts.append(f"{'?' if bits is None else bits} bits")
-    return " · ".join(parts)
-
-
-def order_key(name: str, order: Sequence[str]) -> tuple:
-    return (order.index(name), "") if name in order else (len(order), name)
-
-
-def _column_order(column: tuple) -> tuple:
-    attack, norm, metric, steps, eps, gradient = column
-    return (
-        0 if attack == CLEAN else 1 if attack == SUBSET else 2,
-        attack,
-        norm,
-        metric,
-        steps or 0,
-        eps,
-        order_key(gradient, GRADIENT_ORDER),
-    )
-
-
-def _group_order(group: tuple) -> tuple:
-    task, dataset, backbone, bits = group
-    return (task, dataset, backbone, -1 if bits is None else bits)
-
-
-# --------------------------------------------------------------------------- reading run folders
-
-
-def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Folders holding a config.yaml at or below each path, in a stable order, each once."""
-    found: dict[Path, Path] = {}
-    for given in paths:
-        root = Path(given)
-        if not root.exists():
-            raise ReportError(
-                f"{root} does not exist; give run folders or folders that contain them."
-            )
-        if not root.is_dir():
-            raise ReportError(f"{root} is not a folder; give run folders or folders above them.")
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-            if "config.yaml" in files:
-                found.setdefault(Path(folder).resolve(), Path(folder))
-    return list(found.values())
-
-
-def _dig(mapping: object, *keys: str) -> object:
-    for key in keys:
-        if not isinstance(mapping, dict):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
-def _flatten(value: object, prefix: str) -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, item in value.items():
-            flat |= _flatten(item, f"{prefix}.{key}")
-        return flat
-    return {prefix: value}
-
-
-def read_config(folder: Path) -> tuple[dict | None, str | None]:
-    """The run's identity from config.yaml, or (None, why) when it is not an sslr run config."""
-    path = folder / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-        where = f" (line {mark.line + 1}: {problem})" if mark and problem else ""
-        raise ReportError(f"{path} is not valid YAML{where}.") from None
-    class_path = _dig(config, "model", "class_path")
-    if not isinstance(class_path, str):
-        return None, "its config.yaml has no model.class_path (not a LightningCLI run config)"
-    task = TASKS.get(class_path.rsplit(".", 1)[-1])
-    if task is None:
-        return None, f"its model {class_path} is neither a ClassificationTask nor a HashingTask"
-    init = _dig(config, "model", "init_args") or {}
-    if not init.get("rule"):
-        return None, "its config.yaml has no model.init_args.rule"
-    loggers = _dig(config, "trainer", "logger")
-    wandb = next(
-        (
-            (_dig(lg, "init_args", "project"), _dig(lg, "init_args", "group"))
-            for lg in (loggers if isinstance(loggers, list) else [loggers])
-            if str(_dig(lg, "class_path")).endswith("WandbLogger")
-        ),
-        (None, None),
-    )
-    data_class = _dig(config, "data", "class_path")
-    bits = init.get("bits") if task == "hashing" else None
-    identity = {
-        "task": task,
-        "dataset": data_class.rsplit(".", 1)[-1] if isinstance(data_class, str) else "unknown",
-        "backbone": str(init.get("backbone", "unknown")),
-        "bits": int(bits) if bits is not None else None,
-        "rule": str(init["rule"]).lower(),
-        "wandb": wandb,
-        "settings": {
-            "seed_everything": config.get("seed_everything"),
-            **_flatten(init, "model.init_args"),
-            **_flatten(_dig(config, "data", "init_args") or {}, "data.init_args"),
-        },
-    }
-    return identity, None
-
-
-def _number(text: str | None, kind: type, path: Path, line: int, column: str):
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return kind(float(text)) if kind is int else kind(text)
-    except (ValueError, OverflowError):
-        raise ReportError(
-            f"{path}, line {line}: cannot read {column}={text!r} as a number."
-        ) from None
-
-
-def read_clean(path: Path, task: str) -> tuple[float | None, str | None]:
-    """The last logged test metric in a CSVLogger metrics.csv, else the last validation one."""
-    if not path.is_file():
-        return None, None
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-    for column in CLEAN_COLUMNS[task]:
-        if column not in (reader.fieldnames or []):
-            continue
-        last = None
-        for line, row in enumerate(rows, start=2):
-            value = _number(row.get(column), float, path, line, column)
-            last = value if value is not None else last
-        if last is not None:
-            return last, column
-    return None, None
-
-
-def read_robustness(path: Path, task: str) -> list[Measurement]:
-    """Measurements from robustness.csv; a setting measured twice keeps its last row."""
-    if not path.is_file():
-        return []
-    required = (*ROBUSTNESS_COLUMNS, "metric") if task == "hashing" else ROBUSTNESS_COLUMNS
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ReportError(
-                f"{path} lacks the column(s) {', '.join(missing)}; a {task} robustness.csv "
-                f"needs {','.join(required)}."
-            )
-        found: dict[tuple, Measurement] = {}
-        for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            line = reader.line_num
-            norm = (row["norm"] or "").strip()
-            measurement = Measurement(
-                attack=(row["attack"] or "").strip().lower(),
-                norm=_NORMS.get(norm.lower(), norm),
-                eps=_number(row["eps"], float, path, line, "eps"),
-                steps=_number(row["steps"], int, path, line, "steps"),
-                gradient=(row["gradient"] or "").strip().lower(),
-                metric=(row.get("metric") or "").strip() or CLEAN_METRIC[task],
-                value=_number(row["accuracy"], float, path, line, "accuracy"),
-                n=_number(row["n"], int, path, line, "n"),
-            )
-            if measurement.eps is None or measurement.value is None:
-                raise ReportError(f"{path}, line {line}: eps and accuracy must not be empty.")
-            found[measurement.column] = measurement
-    return list(found.values())
-
-
-def read_run(folder: Path) -> tuple[Run | None, str | None]:
-    """One run folder, or (None, why it is not an sslr run)."""
-    identity, why = read_config(folder)
-    if identity is None:
-        return None, why
-    task = identity["task"]
-    clean, source = read_clean(folder / "metrics.csv", task)
-    measurements = []
-    if clean is not None:
-        measurements.append(Measurement(CLEAN, "", 0.0, None, "", CLEAN_METRIC[task], clean))
-    measurements += read_robustness(folder / "robustness.csv", task)
-    results = [p for p in (folder / "metrics.csv", folder / "robustness.csv") if p.is_file()]
-    stamped = results or [folder / "config.yaml"]
-    run = Run(
-        path=folder,
-        measurements=tuple(measurements),
-        clean_source=source,
-        mtime=max(p.stat().st_mtime for p in stamped),
-        has_results=bool(results),
-        **identity,
-    )
-    return run, None
-
-
-def select_newest(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
-    """One run per (task, dataset, backbone, bits, rule): the newest results; notes say which."""
-    by_key: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_key[run.key].append(run)
-    chosen, notes = [], []
-    for same in by_key.values():
-        same.sort(key=lambda r: (r.has_results, r.mtime, str(r.path)), reverse=True)
-        newest = same[0]
-        chosen.append(newest)
-        if len(same) == 1:
-            continue
-        when = datetime.fromtimestamp(newest.mtime).strftime("%Y-%m-%d %H:%M:%S")
-        ignored = ", ".join(f"`{r.path}`" for r in same[1:])
-        differ = sorted(
-            {
-                k
-                for r in same[1:]
-                for k in newest.settings.keys() | r.settings.keys()
-                if newest.settings.get(k) != r.settings.get(k)
-            }
-        )
-        note = (
-            f"{group_title(newest.group)} · {newest.rule}: {len(same)} run folders; using the "
-            f"newest, `{newest.path}` (results of {when}), and ignoring {ignored}."
-        )
-        if differ:
-            shown = ", ".join(differ[:6]) + (", …" if len(differ) > 6 else "")
-            note += f" Their configs differ in {shown}."
-        notes.append(note)
-    return chosen, notes
-
 
 # --------------------------------------------------------------------------- comparing
 
@@ -451,9 +80,9 @@ def build_records(runs: Sequence[Run]) -> list[Record]:
             )
     records.sort(
         key=lambda r: (
-            _group_order((r.task, r.dataset, r.backbone, r.bits)),
+            group_order((r.task, r.dataset, r.backbone, r.bits)),
             order_key(r.rule, RULE_ORDER),
-            _column_order(r.column),
+            column_order(r.column),
         )
     )
     return records
@@ -477,10 +106,10 @@ def build_table(
     task = group[0]
     cells: dict[str, dict[tuple, list[Record]]] = defaultdict(lambda: defaultdict(list))
     run_dirs = {}
-    for r in sorted(records, key=lambda r: _column_order(r.column)):
+    for r in sorted(records, key=lambda r: column_order(r.column)):
         cells[r.rule][_table_column(r)].append(r)
         run_dirs[r.rule] = r.run_dir
-    columns = sorted({c for by_column in cells.values() for c in by_column}, key=_column_order)
+    columns = sorted({c for by_column in cells.values() for c in by_column}, key=column_order)
     if not any(c[0] == CLEAN for c in columns):
         columns.insert(0, (CLEAN, "", CLEAN_METRIC[task], None, 0.0, ""))
     bp = {c: found[0].value for c, found in cells.get("bp", {}).items()}
@@ -554,7 +183,7 @@ def write_csv(records: Sequence[Record], path: Path) -> Path:
             return ""
         return f"{value:.10g}" if isinstance(value, float) else str(value)
 
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         writer.writerows([text(v) for v in record.as_row()] for record in records)
@@ -584,9 +213,13 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     if not runs:
         raise ReportError(f"no sslr runs found under {where}; skipped {'; '.join(skipped)}.")
     runs, notes = select_newest(runs)
-    runs.sort(key=lambda r: (_group_order(r.group), order_key(r.rule, RULE_ORDER)))
+    runs.sort(key=lambda r: (group_order(r.group), order_key(r.rule, RULE_ORDER)))
     notes += [f"Skipped {why}." for why in skipped]
     for run in runs:
+        if any(source.startswith("attacks/") for source in run.sources):
+            used = ", ".join(f"`{source}`" for source in run.sources)
+            clean = f"{run.clean_source} of metrics.csv and " if run.clean_source else ""
+            notes.append(f"`{run.path}`: read {clean}{used}.")
         if not run.measurements:
             notes.append(
                 f"`{run.path}` has no results yet (no {' or '.join(CLEAN_COLUMNS[run.task])} "
@@ -600,7 +233,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     records = build_records(runs)
     without_bp = {r.group for r in runs} - {r.group for r in runs if r.rule == "bp"}
     notes += [
-        f"{group_title(g)}: no bp run, so no deltas." for g in sorted(without_bp, key=_group_order)
+        f"{group_title(g)}: no bp run, so no deltas." for g in sorted(without_bp, key=group_order)
     ]
 
     from sslr.report_plots import draw_figures  # matplotlib only when writing
@@ -610,13 +243,13 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     for record in records:
         by_group[(record.task, record.dataset, record.backbone, record.bits)].append(record)
     tables = []
-    for group in sorted(by_group, key=_group_order):
+    for group in sorted(by_group, key=group_order):
         figures = draw_figures(group, by_group[group], out.parent, out.stem)
         table, table_notes = build_table(group, by_group[group], figures)
         tables.append(table)
         notes += table_notes
     markdown = render_markdown(tables, notes, len(runs), out)
-    out.write_text(markdown)
+    atomic_write(out, markdown)
     csv_path = write_csv(records, out.with_suffix(".csv"))
     figures = [f for table in tables for f in table.figures]
     return Report(runs, records, tables, notes, markdown, out, csv_path, figures)

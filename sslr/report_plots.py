@@ -16,7 +16,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from sslr.report import (
+from sslr.atomic import atomic_write_with
+from sslr.report_records import (
     CLEAN,
     CLEAN_METRIC,
     GRADIENT_ORDER,
@@ -75,7 +76,7 @@ def plot_robustness(
     )
     figure.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    atomic_write_with(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     return path
 
 

@@ -8,10 +8,9 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from sslr.attack_run import RetiredHashingOptions, attack_checkpoint
 from sslr.errors import UserError
-from sslr.hashing.suite import HashingSuiteConfig, run_hashing_suite
-from sslr.robustness import SuiteConfig, run_suite
-from sslr.tasks.hashing import HashingTask
+from sslr.robustness import SuiteConfig
 
 
 class SslrTrainer(Trainer):
@@ -23,40 +22,46 @@ class SslrTrainer(Trainer):
         datamodule: LightningDataModule | None = None,
         ckpt_path: str | None = None,
         suite: SuiteConfig | None = None,
-        hashing: HashingSuiteConfig | None = None,
+        hashing: RetiredHashingOptions | None = None,
         out_dir: str | None = None,
         weights_only: bool | None = None,
     ) -> list:
-        """Attack a checkpoint: robustness.csv and robustness.png in its run folder, logged too.
+        """Attack a checkpoint, classification or hashing alike: robustness.csv, its PNG and
+        the resolved settings (suite.yaml) in a folder of this attack under the run folder
+        (``<run>/attacks/<checkpoint>-<key>/``), logged too, and the table printed.
 
         Args:
             model: the task of the run's config (its weights come from ``ckpt_path``).
-            datamodule: the run's data; the fixed, seeded subset is drawn from its test split.
+            datamodule: the run's data; the fixed, seeded subset is drawn from its test split
+                (hashing: the test queries, scored against the test database).
             ckpt_path: the checkpoint to evaluate (runs/.../checkpoints/best.ckpt).
-            suite: classification attacks: attacks, norms, epsilons, gradient sources, subset
-                size (``--suite.*``).
-            hashing: the hashing attack suite for a HashingTask checkpoint (``--hashing.*``):
-                untargeted PGD/HAG (mAP) and targeted P2P/DHTA (t-mAP).
-            out_dir: where the CSV and PNG go; by default the checkpoint's run folder.
+            suite: attacks, norms, epsilons, gradient sources, subset size (``--suite.*``),
+                for either task.
+            hashing: retired (``--hashing.*`` now fails, naming the ``--suite`` key to use).
+            out_dir: write the CSV, PNG and suite.yaml here instead.
             weights_only: passed to ``torch.load`` (default: False, a checkpoint sslr wrote);
                 accepted so a run's saved fit config works as ``--config`` here.
         """
+        if hashing is not None and not isinstance(hashing, RetiredHashingOptions):
+            given = hashing.as_dict() if hasattr(hashing, "as_dict") else dict(hashing)
+            RetiredHashingOptions(**given)  # raises, naming the --suite key that replaced it
         if not ckpt_path:
             raise UserError(
                 "sslr attack needs --ckpt_path: the checkpoint to evaluate "
                 "(runs/<name>/version_<k>/checkpoints/best.ckpt)"
             )
-        load_checkpoint(model, ckpt_path, weights_only=bool(weights_only))
-        model.to(self.strategy.root_device).eval()
-        folder = Path(out_dir) if out_dir else run_folder(ckpt_path)
-        rank_zero_info(f"sslr attack: {ckpt_path} (rule {model.rule}) -> {folder}")
-        if isinstance(model, HashingTask):
-            config = hashing or HashingSuiteConfig()
-            return run_hashing_suite(
-                model, datamodule, config, loggers=self.loggers, out_dir=folder
-            )
-        config = suite or SuiteConfig()
-        return run_suite(model, datamodule, config, loggers=self.loggers, out_dir=folder)
+        return attack_checkpoint(
+            model,
+            datamodule,
+            ckpt_path,
+            suite or SuiteConfig(),
+            device=self.strategy.root_device,
+            loggers=self.loggers,
+            run_dir=run_folder(ckpt_path),
+            out_dir=out_dir,
+            weights_only=bool(weights_only),
+            say=rank_zero_info,
+        )
 
 
 def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = False) -> None:

@@ -47,7 +47,21 @@ def robustness(run_dir: Path) -> list[dict]:
 
 
 def files(folder: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    """Every result file and its mtime (not the writer locks, which each run takes)."""
+    return {
+        p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".sslr.lock"
+    }
+
+
+def test_a_second_grid_on_the_same_folder_is_refused(capsys, tmp_path):
+    from sslr.atomic import FolderLock
+
+    out = tmp_path / "grid"
+    with FolderLock(out, "grid folder"):  # as a running grid holds it
+        assert main(["grid", "--config", str(DEBUG_GRID), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by" in err[0]
+    assert not (out / "resnet18").exists()
 
 
 def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path):
@@ -203,3 +217,24 @@ def test_changed_inputs_rerun_what_depends_on_them(capsys, tmp_path):
     assert run_with(spec) == {"attack resnet18/bp", "attack resnet18/usf", "report"}
     steps = {r["steps"] for r in robustness(Path("g/resnet18/usf")) if r["attack"] == "pgd"}
     assert steps == {"2"}
+
+
+HASHING_GRID = ROOT / "configs" / "grid" / "hashing_digits_debug.yaml"
+
+
+@pytest.mark.slow
+def test_a_hashing_grid_runs_end_to_end(capsys, tmp_path):
+    """The hashing grid config: fit, fine-tune, the hashing attacks with the same suite keys
+    as classification, and a report with mAP / t-mAP columns."""
+    out = tmp_path / "hgrid"
+    code, stages = grid(capsys, "--config", str(HASHING_GRID), "--out", str(out))
+    assert code == 0
+    assert {"attack resnet18/bp", "attack resnet18/usf", "report"} <= ran(stages)
+    for rule in ("bp", "usf"):
+        rows = robustness(out / "resnet18" / rule)
+        assert {r["attack"] for r in rows} == {"pgd", "p2p"}
+        assert {r["metric"] for r in rows} == {"mAP", "t-mAP"}
+        assert {r["gradient"] for r in rows} == {"rule", "exact", "transfer"}
+        assert all(int(r["n"]) == 16 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    report = (out / "report.md").read_text()
+    assert "t-mAP" in report and "| usf |" in report

@@ -416,11 +416,15 @@ def test_wandb_target_defaults_to_the_runs_own(tmp_path, loggers, target):
         ("empty", "no run folders (folders with a config.yaml) found under {root}."),
         ("not_sslr", "no sslr runs found under {root}; skipped `{root}/x`: its config.yaml has no "
                      "model.class_path (not a LightningCLI run config)."),
-        ("bad_columns", "{root}/run/robustness.csv lacks the column(s) accuracy, n; a classification "
+        ("bad_columns", "{root}/run/robustness.csv lacks the column(s) accuracy, n; a "
                         "robustness.csv needs attack,norm,eps,steps,gradient,accuracy,n."),
         ("bad_yaml", "{root}/config.yaml is not valid YAML (line 3: expected <block end>, but found "
                      "'<block mapping start>')."),
-        ("bad_number", "{root}/run/robustness.csv, line 2: cannot read eps='eight' as a number."),
+        ("bad_number", "{root}/run/robustness.csv, line 2: cannot read eps='eight' as a number; "
+                       "the file is corrupt (rerun the attack to rewrite it)."),
+        ("truncated", "{root}/run/robustness.csv does not end with a newline: the file is "
+                      "truncated (rerun the attack)."),
+        ("empty_csv", "{root}/run/robustness.csv is empty: rerun the attack to rewrite it."),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, setup, message):
@@ -443,7 +447,40 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, setup, message):
         (tmp_path / "config.yaml").write_text("model:\n  rule: bp\n backbone: vgg16\n")
     elif setup == "bad_number":
         write_run(tmp_path / "run", "bp", 0.9, [("pgd", "inf", "eight", 10, "rule", 0.5, 10)])
+    elif setup == "truncated":  # a value cut mid-number is never read as a shorter number
+        write_run(tmp_path / "run", "bp", 0.9, [("pgd", "inf", E8, 10, "rule", 0.5, 10)])
+        path = tmp_path / "run" / "robustness.csv"
+        path.write_text(path.read_text().rstrip("\n")[:-3])
+    elif setup == "empty_csv":
+        write_run(tmp_path / "run", "bp", 0.9, [("pgd", "inf", E8, 10, "rule", 0.5, 10)])
+        (tmp_path / "run" / "robustness.csv").write_text("")
     assert main_report([str(target), "--out", str(tmp_path / "report.md")]) == 2
     err = capsys.readouterr().err
     assert err == f"sslr report: error: {message.format(root=tmp_path)}\n"
     assert not (tmp_path / "report.md").exists()
+
+
+def test_every_attack_run_of_a_run_is_read_and_named(tmp_path):
+    """Two `sslr attack` runs with different settings keep their own folders; the report reads
+    both (and the run's test accuracy) and says which files it used."""
+    run = write_run(tmp_path / "run", "bp", 0.9, [("fgsm", "linf", E8, 1, "rule", 0.4, 10)])
+    for name, rows in (
+        ("best-aaaa", [("pgd", "linf", E8, 10, "rule", 0.3, 10)]),
+        ("best-bbbb", [("pgd", "linf", E8, 50, "rule", 0.2, 10)]),
+    ):
+        folder = run / "attacks" / name
+        folder.mkdir(parents=True)
+        lines = ["attack,norm,eps,steps,gradient,accuracy,n,metric"]
+        lines += [",".join(map(str, r)) + ",accuracy" for r in rows]
+        (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+    report = build_report([tmp_path], tmp_path / "report.md")
+    (read,) = report.runs
+    values = {(m.attack, m.steps): m.value for m in read.measurements}
+    assert values == {("clean", None): 0.9, ("fgsm", 1): 0.4, ("pgd", 10): 0.3, ("pgd", 50): 0.2}
+    assert read.clean_source == "test/acc"
+    assert read.sources == (
+        "robustness.csv",
+        "attacks/best-aaaa/robustness.csv",
+        "attacks/best-bbbb/robustness.csv",
+    )
+    assert "attacks/best-bbbb/robustness.csv" in report.markdown

@@ -1,5 +1,6 @@
 """RobustnessEvaluation: the attack suite during a Lightning run (end of fit and test,
-optionally every N epochs) on a small fixed subset, logged as metrics and curves."""
+optionally every N epochs) on a small fixed subset, logged as metrics and curves; for
+classification and hashing tasks alike (the engine's ``run_suite``)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,21 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sslr.robustness import (
-    AttackTarget,
     GradientSource,
     RobustnessRow,
     SuiteConfig,
-    evaluate,
-    load_target,
     log_rows,
     plot_curves,
-    select_subset,
+    run_suite,
     write_csv,
 )
 
 
 class RobustnessEvaluation(Callback):
-    """Run the attack suite on the task's network and log
+    """Run the attack suite on the task's network (a ClassificationTask: accuracy; a
+    HashingTask: mAP / t-mAP of the split's queries against its database) and log
     ``robust/<attack>/<gradient>/eps=<eps>`` metrics to every logger (for W&B also a table and
-    accuracy-vs-eps line plots), at the end of fit (validation split), at the end of test (test
+    score-vs-eps line plots), at the end of fit (validation split), at the end of test (test
     split) and, with ``every_n_epochs``, after every N training epochs (validation split).
 
     Attacks run in ``torch.inference_mode(False)`` with gradients on (Lightning tests under
@@ -65,7 +64,7 @@ class RobustnessEvaluation(Callback):
         self.prefix = prefix
         # (stage, global step, rows) of every evaluation, in order
         self.results: list[tuple[str, int, list[RobustnessRow]]] = []
-        self._surrogate: AttackTarget | None = None
+        self._surrogate = None
         self._last_fit_step: int | None = None
         wants_transfer = GradientSource.TRANSFER in self.suite.gradient_sources
         if wants_transfer and self.suite.surrogate_ckpt is None:
@@ -100,11 +99,9 @@ class RobustnessEvaluation(Callback):
             split = "validation" if stage == "fit" else "test"
             rank_zero_warn(f"RobustnessEvaluation: no {split} data at the end of {stage}; skipped")
             return
-        target = AttackTarget.from_task(pl_module)
-        surrogate = self._load_surrogate(target)
-        x, y = select_subset(loaders, self.suite.n_samples, self.suite.seed)
+        surrogate = self._load_surrogate(pl_module)
         # The model is in training mode during fit: attacked in eval mode, put back after.
-        rows = evaluate(target, x, y, self.suite, surrogate=surrogate, warn_train_mode=False)
+        rows = run_suite(pl_module, loaders, self.suite, surrogate=surrogate, warn_train_mode=False)
         step = trainer.global_step
         png = None
         if self.save_files:
@@ -118,8 +115,10 @@ class RobustnessEvaluation(Callback):
         log_rows(rows, trainer.loggers, step=step, png=png, prefix=prefix)
         self.results.append((stage, step, rows))
 
-    def _load_surrogate(self, target: AttackTarget) -> AttackTarget | None:
+    def _load_surrogate(self, pl_module: LightningModule):
         wants = GradientSource.TRANSFER in self.suite.gradient_sources
         if wants and self._surrogate is None and self.suite.surrogate_ckpt is not None:
-            self._surrogate = load_target(self.suite.surrogate_ckpt, target.device)
+            from sslr.attack_run import load_surrogate
+
+            self._surrogate = load_surrogate(pl_module, self.suite.surrogate_ckpt, pl_module.device)
         return self._surrogate if wants else None

@@ -20,8 +20,9 @@ import math
 import numpy as np
 import torch
 
-from sslr.robustness.config import Norm
+from sslr.robustness.config import Backend, Norm
 from sslr.robustness.gradients import GradientSourceClassifier
+from sslr.robustness.registry import register_attack
 
 
 class AttackBoundsError(RuntimeError):
@@ -182,3 +183,44 @@ def check_bounds(excess: torch.Tensor | float, what: str) -> None:
             f"{what} returned an adversarial example outside its eps ball or outside [0, 1] "
             f"(by {excess:.3g} beyond the float tolerance): the attack is broken"
         )
+
+
+# --- the built-in attacks, in the registry's shape (see sslr.robustness.registry) ---------
+
+
+def fgsm_attack(provider, x, y, *, eps, norm, settings, generator):
+    """FGSM (Goodfellow et al. 2015): one step of size eps along the objective's gradient."""
+    return pgd(provider, x, y, norm=norm, eps=eps, step=eps, steps=1, start_random=False)
+
+
+def pgd_attack(provider, x, y, *, eps, norm, settings, generator):
+    """PGD: ``settings.steps`` steps of alpha = step_size * eps / steps, random start as set;
+    through ART's ``generate`` when ``settings.backend`` is ``art``."""
+    kwargs = dict(
+        norm=norm,
+        eps=eps,
+        step=settings.step_size * eps / settings.steps,
+        steps=settings.steps,
+        start_random=settings.random_start,
+    )
+    if settings.backend_kind is Backend.ART:
+        return pgd_art(provider, x, y, **kwargs)
+    return pgd(provider, x, y, generator=generator, **kwargs)
+
+
+def square_attack(provider, x, y, *, eps, norm, settings, generator):
+    """ART's Square with ``settings.queries`` queries (draws from NumPy, seeded per cell)."""
+    return square(
+        provider, x, y, norm=norm, eps=eps, queries=settings.queries, batch_size=settings.batch_size
+    )
+
+
+register_attack("fgsm", fgsm_attack, steps=lambda s: 1)
+register_attack("pgd", pgd_attack)
+register_attack(
+    "square", square_attack, white_box=False, tasks=("classification",), steps=lambda s: s.queries
+)
+# The hashing attacks are PGD on their code objective (see sslr.robustness.hashing).
+register_attack("hag", pgd_attack, tasks=("hashing",), objective="hag")
+register_attack("p2p", pgd_attack, tasks=("hashing",), objective="p2p", targeted=True)
+register_attack("dhta", pgd_attack, tasks=("hashing",), objective="dhta", targeted=True)

@@ -12,8 +12,10 @@ from typing import Literal
 
 
 class Attack(str, Enum):
-    """Attacks of the suite. FGSM and PGD are white-box (they need a gradient source); Square
-    is query-based black box (Andriushchenko et al. 2020) and uses no gradient at all."""
+    """The classification attacks built in. FGSM and PGD are white-box (they need a gradient
+    source); Square is query-based black box (Andriushchenko et al. 2020) and uses no gradient
+    at all. Every attack, these and the hashing ones, is an entry of the engine's registry
+    (:mod:`sslr.robustness.registry`); this enum keeps the classification names as constants."""
 
     FGSM = "fgsm"
     PGD = "pgd"
@@ -60,13 +62,32 @@ class Backend(str, Enum):
     ART = "art"
 
 
-AttackName = Literal["fgsm", "pgd", "square"]
 NormName = Literal["linf", "l2"]
 GradientName = Literal["rule", "exact", "eot", "transfer"]
 BackendName = Literal["torch", "art"]
 
 DEFAULT_EPS_LINF = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 DEFAULT_EPS_L2 = (0.0, 0.25, 0.5, 1.0)
+
+
+# Renamed settings of the former hashing suite (``--hashing.*``): old key -> new key.
+RENAMED = {
+    "n_queries": "n_samples",
+    "step": "step_size",
+    "attacks": "attacks",
+    "norms": "norms",
+    "eps": "eps",
+    "eps_l2": "eps_l2",
+    "steps": "steps",
+    "random_start": "random_start",
+    "gradients": "gradients",
+    "eot_samples": "eot_samples",
+    "hag_margin": "hag_margin",
+    "dhta_anchors": "dhta_anchors",
+    "seed": "seed",
+    "batch_size": "batch_size",
+    "surrogate_ckpt": "surrogate_ckpt",
+}
 
 
 def _parse(enum: type[Enum], values: Sequence[str], what: str, allowed=None) -> tuple:
@@ -111,33 +132,44 @@ def _check_eps(values: Sequence[float], name: str, upper: float | None) -> tuple
 
 @dataclass
 class SuiteConfig:
-    """An attack suite, validated when constructed (before any work starts).
+    """An attack suite for either task (classification or hashing), validated when constructed
+    (before any work starts); ``sslr attack --suite.*``.
 
     Epsilons are absolute, in the pixel units of [0, 1] images (8/255 = 0.0314 is the CIFAR
     L-inf standard); ``eps`` applies to L-inf and ``eps_l2`` to L2, whose scale differs.
-    An eps of 0 is not attacked: it is the clean accuracy of the same subset.
+    An eps of 0 is not attacked: its rows are the clean score of the same subset.
+
+    One step convention for every iterative attack: alpha = step_size * eps / steps (Madry et
+    al.'s 2.5 by default: the ball's radius is crossed 2.5 times). The hashing literature's
+    "100 steps of 1/255" at eps = 8/255 is ``steps=100, step_size=12.5``.
 
     Args:
-        attacks: ``fgsm``, ``pgd`` (white box) and ``square`` (query-based black box).
+        attacks: names in the attack registry. Classification: ``fgsm``, ``pgd`` (white box),
+            ``square`` (query-based black box). Hashing: ``fgsm`` and ``pgd`` on the code,
+            ``hag`` (untargeted, scored by mAP), ``p2p`` and ``dhta`` (targeted, t-mAP).
+            Default: the task's (classification fgsm, pgd; hashing pgd, hag, p2p, dhta).
         norms: ``linf`` and/or ``l2``, for every attack.
         eps: L-inf epsilons. Default (0, 1, 2, 4, 8, 16)/255.
         eps_l2: L2 epsilons. Default (0, 0.25, 0.5, 1).
-        steps: PGD iterations (FGSM is one step of size eps, no random start).
-        step_size: PGD step relative to eps: alpha = step_size * eps / steps (Madry: 2.5).
-        random_start: PGD starts from a uniform point of the eps ball.
+        steps: iterations of the iterative attacks (FGSM is one step of size eps, no random
+            start).
+        step_size: step relative to eps: alpha = step_size * eps / steps.
+        random_start: iterative attacks start from a uniform point of the eps ball.
         gradients: gradient sources of the white-box attacks: ``rule``, ``exact``, ``eot``,
             ``transfer`` (needs a surrogate). Square's gradient is ``none``, automatically.
         eot_samples: draws of B averaged per step for ``eot`` (brsf only).
         queries: Square's query budget (its iterations; the ``steps`` column of its rows).
-        n_samples: size of the fixed, seeded subset of the evaluated split.
-        seed: seed of the subset, of PGD's random start and of Square.
+        n_samples: size of the fixed, seeded subset of the evaluated split (hashing: queries).
+        seed: seed of the subset, of random starts, of Square, of hashing targets and anchors.
         batch_size: images per attack batch.
         surrogate_ckpt: checkpoint of the ``transfer`` surrogate (by default the bp fine-tuned
             model of the same backbone and data).
         backend: ``torch`` (sslr's loop, fast) or ``art`` (ART's PGD; the reference).
+        hag_margin: hashing: HAG's t in w_k = 1[|u_k - b_k| < 1 + t].
+        dhta_anchors: hashing: DHTA's n_t, the target-label codes voting for the anchor.
     """
 
-    attacks: list[AttackName] = field(default_factory=lambda: ["fgsm", "pgd"])
+    attacks: list[str] | None = None
     norms: list[NormName] = field(default_factory=lambda: ["linf"])
     eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_LINF))
     eps_l2: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_L2))
@@ -152,8 +184,12 @@ class SuiteConfig:
     batch_size: int = 256
     surrogate_ckpt: str | None = None
     backend: BackendName = "torch"
+    hag_margin: float = 0.5
+    dhta_anchors: int = 9
 
     def __post_init__(self) -> None:
+        from sslr.robustness.registry import check_attacks, get_attack
+
         # Every check runs here, so a bad setting fails before any work starts.
         if GradientSource.NONE.value in [str(g).lower() for g in self.gradients]:
             raise ValueError(
@@ -161,11 +197,12 @@ class SuiteConfig:
                 "(square), whose rows get it automatically. Known gradient sources are "
                 "rule, exact, eot, transfer"
             )
-        if not self.attack_kinds:
+        if self.attacks is not None and not self.attack_kinds:
             raise ValueError("attacks is empty: name at least one of fgsm, pgd, square")
+        check_attacks(self.attack_kinds)
         if not self.norm_kinds:
             raise ValueError("norms is empty: name at least one of linf, l2")
-        if any(a.white_box for a in self.attack_kinds) and not self.gradient_sources:
+        if not self.gradient_sources and any(get_attack(a).white_box for a in self.attack_kinds):
             raise ValueError(
                 "gradients is empty but white-box attacks are asked for: name at least one of "
                 "rule, exact, eot, transfer"
@@ -174,12 +211,14 @@ class SuiteConfig:
         for norm in Norm:  # both lists, also the one of a norm not chosen now
             if not self.eps_for(norm) and norm in self.norm_kinds:
                 raise ValueError(f"No epsilon given for norm {norm.value}")
-        for name in ("steps", "eot_samples", "queries", "n_samples", "batch_size"):
+        for name in ("steps", "eot_samples", "queries", "n_samples", "batch_size", "dhta_anchors"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not math.isfinite(self.step_size) or self.step_size <= 0:
             raise ValueError(f"step_size must be > 0 (relative to eps/steps), got {self.step_size}")
+        if not math.isfinite(self.hag_margin) or self.hag_margin < 0:
+            raise ValueError(f"hag_margin must be a finite number >= 0, got {self.hag_margin}")
         if self.surrogate_ckpt is not None and not Path(self.surrogate_ckpt).is_file():
             raise ValueError(
                 f"Surrogate checkpoint {self.surrogate_ckpt!r} does not exist: give the .ckpt of "
@@ -187,8 +226,25 @@ class SuiteConfig:
             )
 
     @property
-    def attack_kinds(self) -> tuple[Attack, ...]:
-        return _parse(Attack, self.attacks, "attack")
+    def attack_kinds(self) -> tuple[str, ...]:
+        """The attack names, lower case, duplicates dropped (the classification defaults when
+        none were given; :meth:`attacks_for` gives a task's)."""
+        names = ["fgsm", "pgd"] if self.attacks is None else self.attacks
+        names = [names] if isinstance(names, str) else names
+        return tuple(dict.fromkeys(str(getattr(a, "value", a)).lower() for a in names))
+
+    def attacks_for(self, task: str) -> tuple[str, ...]:
+        """The attacks of a suite on ``task`` (``classification`` or ``hashing``): the chosen
+        ones, or the task's defaults. An attack the task cannot run is one ValueError."""
+        from sslr.robustness.registry import DEFAULT_ATTACKS, get_attack
+
+        names = DEFAULT_ATTACKS[task] if self.attacks is None else self.attack_kinds
+        for name in names:
+            spec = get_attack(name)
+            if task not in spec.tasks:
+                able = ", ".join(sorted(spec.tasks))
+                raise ValueError(f"Attack {name!r} applies to {able} models, not to {task}")
+        return tuple(names)
 
     @property
     def norm_kinds(self) -> tuple[Norm, ...]:
@@ -209,10 +265,16 @@ class SuiteConfig:
             return _check_eps(self.eps, "eps", upper=1.0)
         return _check_eps(self.eps_l2, "eps_l2", upper=None)
 
-    def steps_of(self, attack: Attack) -> int:
+    def steps_of(self, attack: str) -> int:
         """The ``steps`` column of ``attack``'s rows: 1 for FGSM, Square's query budget."""
-        return {Attack.FGSM: 1, Attack.PGD: self.steps, Attack.SQUARE: self.queries}[attack]
+        from sslr.robustness.registry import get_attack
 
-    def step_of(self, attack: Attack, eps: float) -> float:
+        return get_attack(attack).steps(self)
+
+    def step_of(self, attack: str, eps: float) -> float:
         """Absolute step (alpha) of a white-box attack at ``eps``."""
-        return eps if attack is Attack.FGSM else self.step_size * eps / self.steps
+        return eps if attack == "fgsm" else self.step_size * eps / self.steps
+
+    @property
+    def wants_transfer(self) -> bool:
+        return GradientSource.TRANSFER in self.gradient_sources

@@ -69,6 +69,12 @@ class GradientSourceClassifier(PyTorchClassifier):
             adv = pgd(clf, x, y_onehot, ...)
 
     ``attack_mode`` restores what ART's ``loss_gradient`` changes (``zero_grad``, ``train``).
+
+    It is the provider every registered attack receives (see :mod:`sslr.robustness.registry`):
+    ``loss`` is the task's objective on the network's outputs (cross-entropy by default; a
+    hashing code objective with ``labels="codes"``, whose (N, K) targets reach the loss
+    untouched). NaN gradient entries are counted into :attr:`nan_count` (on the device, no
+    sync) and treated as 0, as ART does.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class GradientSourceClassifier(PyTorchClassifier):
         input_shape: Sequence[int],
         source: GradientSource = GradientSource.RULE,
         eot_samples: int = 1,
+        loss: nn.Module | None = None,
+        labels: str = "classes",
     ) -> None:
         device = target.device
         if eot_samples < 1:
@@ -87,7 +95,7 @@ class GradientSourceClassifier(PyTorchClassifier):
         with where:
             super().__init__(
                 model=target.network,
-                loss=nn.CrossEntropyLoss(),
+                loss=loss if loss is not None else nn.CrossEntropyLoss(),
                 input_shape=tuple(input_shape),
                 nb_classes=target.num_classes,
                 clip_values=(0.0, 1.0),
@@ -102,6 +110,10 @@ class GradientSourceClassifier(PyTorchClassifier):
         self.source = GradientSource(source)
         self.eot_samples = eot_samples if self.source is GradientSource.EOT else 1
         self._stack: ExitStack | None = None
+        self.nan_count = torch.zeros((), dtype=torch.long, device=device)
+        self._codes = labels == "codes"
+        if self._codes:  # ART set these for its CrossEntropyLoss; code targets reduce nothing
+            self._reduce_labels = self._int_labels = self._probability_labels = False
 
     def __enter__(self) -> GradientSourceClassifier:
         if self._stack is not None:
@@ -117,20 +129,49 @@ class GradientSourceClassifier(PyTorchClassifier):
     def reduce_labels(self, y):
         """One-hot (N, K) tensors -> class indices, without ART's check for probability labels
         (a ``torch.equal``, i.e. a device sync at every attack step): sslr's labels are one-hot
-        by construction."""
+        by construction. Code targets (hashing) go to the loss as they are."""
+        if self._codes:
+            return y
         if isinstance(y, torch.Tensor) and y.dim() == 2:
             return y.argmax(dim=1)
         return super().reduce_labels(y)
 
-    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
-        """Gradient of the cross-entropy w.r.t. ``x`` (pixel units) along the gradient source."""
+    def _check_entered(self) -> None:
         if self._stack is None:
             raise RuntimeError(
                 "Use GradientSourceClassifier as a context manager around the attack "
                 "(`with GradientSourceClassifier(...) as classifier:`): its gradient source "
                 "applies inside"
             )
+
+    def _count_nan(self, grad: torch.Tensor) -> torch.Tensor:
+        if not isinstance(grad, torch.Tensor):  # ART's NumPy path (the art backend)
+            return grad
+        nan = grad.isnan()
+        self.nan_count += nan.sum().to(self.nan_count.device)
+        return grad.masked_fill(nan, 0.0)
+
+    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
+        """Gradient of the objective w.r.t. ``x`` (pixel units) along the gradient source."""
+        self._check_entered()
         grad = super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
         for _ in range(self.eot_samples - 1):
             grad = grad + super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
-        return grad / self.eot_samples if self.eot_samples > 1 else grad
+        return self._count_nan(grad / self.eot_samples if self.eot_samples > 1 else grad)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (logits, or a hashing model's codes u) on [0, 1] pixels,
+        differentiable along the gradient source (the context is entered around the attack)."""
+        self._check_entered()
+        return self.target.network(self.target.normalize(x))
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor, loss) -> torch.Tensor:
+        """d loss(outputs(x), y) / dx (summed over the batch) along the gradient source, the
+        mean over ``eot_samples`` draws for ``eot``: for attacks with their own objective."""
+        self._check_entered()
+        total = torch.zeros_like(x)
+        for _ in range(self.eot_samples):
+            x_in = x.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss(self(x_in), y), x_in)
+            total = total + grad
+        return self._count_nan(total / self.eot_samples)

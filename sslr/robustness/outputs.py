@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sslr.robustness.results import COLUMNS, RobustnessRow
+from sslr.atomic import atomic_write_with
+from sslr.results import COLUMNS, RobustnessRow, read_rows, write_rows
 
 _GRADIENT_COLORS = {
     "rule": "tab:red",
@@ -17,7 +17,7 @@ _GRADIENT_COLORS = {
     "none": "tab:gray",
 }
 _GRADIENT_MARKERS = {"rule": "o", "exact": "x", "eot": "^", "transfer": "s", "none": "d"}
-_ATTACK_STYLES = {"fgsm": "--", "pgd": "-", "square": ":"}
+_ATTACK_STYLES = {"fgsm": "--", "pgd": "-", "square": ":", "hag": "--", "p2p": ":", "dhta": "-."}
 
 
 def metric_name(row: RobustnessRow, prefix: str = "robust") -> str:
@@ -34,57 +34,39 @@ def rows_to_metrics(rows: Iterable[RobustnessRow], prefix: str = "robust") -> di
 def write_csv(
     rows: Iterable[RobustnessRow], path: str | Path, columns: Sequence[str] = COLUMNS
 ) -> Path:
-    """Write ``robustness.csv`` with exactly the columns ``attack,norm,eps,steps,gradient,
-    accuracy,n`` (``columns``: the hashing suite adds ``metric``)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.as_dict())
-    return path
+    """Write ``robustness.csv`` atomically with the columns of :data:`sslr.results.COLUMNS`."""
+    return write_rows(rows, path, columns)
 
 
 def read_csv(path: str | Path) -> list[RobustnessRow]:
-    """Rows of a ``robustness.csv`` (as written by :func:`write_csv`)."""
-    with Path(path).open(newline="") as f:
-        return [
-            RobustnessRow(
-                attack=r["attack"],
-                norm=r["norm"],
-                eps=float(r["eps"]),
-                steps=int(r["steps"]),
-                gradient=r["gradient"],
-                accuracy=float(r["accuracy"]),
-                n=int(r["n"]),
-            )
-            for r in csv.DictReader(f)
-        ]
+    """Rows of a ``robustness.csv`` (strictly: see :func:`sslr.results.read_rows`)."""
+    return read_rows(path)
 
 
-def _curves(rows: Sequence[RobustnessRow], norm: str) -> dict[tuple[str, str], list]:
-    """(attack, gradient) -> [(eps, accuracy)] sorted by eps, for one norm."""
+def _curves(rows: Sequence[RobustnessRow], panel: tuple) -> dict[tuple[str, str], list]:
+    """(attack, gradient) -> [(eps, score)] sorted by eps, for one (metric, norm) panel."""
     curves: dict[tuple[str, str], list] = {}
     for r in rows:
-        if r.norm == norm:
+        if (r.metric, r.norm) == panel:
             curves.setdefault((r.attack, r.gradient), []).append((r.eps, r.accuracy))
     return {k: sorted(v) for k, v in curves.items()}
 
 
 def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | None = None) -> Path:
-    """Accuracy against epsilon, one line per attack and gradient source, one panel per norm
-    (L-inf epsilons shown in /255 units). Written with the Agg canvas: no pyplot state."""
+    """Score against epsilon, one line per attack and gradient source, one panel per metric
+    (accuracy; hashing mAP and t-mAP) and norm (L-inf epsilons shown in /255 units). Written
+    atomically with the Agg canvas: no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
-    norms = list(dict.fromkeys(r.norm for r in rows)) or ["linf"]
-    fig = Figure(figsize=(5.2 * len(norms), 4.0))
+    panels = list(dict.fromkeys((r.metric, r.norm) for r in rows)) or [("accuracy", "linf")]
+    fig = Figure(figsize=(5.2 * len(panels), 4.0))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(norms), squeeze=False)[0]
-    for ax, norm in zip(axes, norms, strict=True):
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (metric, norm) in zip(axes, panels, strict=True):
         scale = 255.0 if norm == "linf" else 1.0
-        for (attack, gradient), points in _curves(rows, norm).items():
+        for (attack, gradient), points in _curves(rows, (metric, norm)).items():
             eps, acc = zip(*points, strict=True)
             ax.plot(
                 [e * scale for e in eps],
@@ -96,14 +78,15 @@ def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | No
                 label=f"{attack} / {gradient}",
             )
         ax.set_xlabel("eps (L-inf, /255)" if norm == "linf" else "eps (L2, pixel units)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(metric)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title="attack / gradient", title_fontsize=7, handlelength=3.5)
         n = rows[0].n if rows else 0
-        ax.set_title(f"{title + ': ' if title else ''}{norm}, n = {n}", fontsize=9)
+        name = f"{metric}, " if metric != "accuracy" else ""
+        ax.set_title(f"{title + ': ' if title else ''}{name}{norm}, n = {n}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return path
 
 
@@ -129,7 +112,7 @@ def _log_wandb(experiment, rows: Sequence[RobustnessRow], png: Path | None, pref
             x="eps",
             y="accuracy",
             stroke="series",
-            title=f"accuracy vs eps ({norm})",
+            title=f"{rows[0].metric if rows else 'accuracy'} vs eps ({norm})",
         )
     if png is not None:
         payload[f"{prefix}/plot"] = wandb.Image(str(png))

@@ -1,131 +1,246 @@
-"""The attack suite: every attack, norm, epsilon and gradient source of a ``SuiteConfig`` on a
-fixed, seeded subset of a split, as rows of ``robustness.csv``."""
+"""The evaluation engine: every attack, norm, gradient source and epsilon of a ``SuiteConfig``
+on a fixed, seeded subset, for classification and hashing alike, as rows of
+``robustness.csv``.
+
+A task (:class:`~sslr.robustness.classification.ClassificationEvaluation`,
+:class:`~sslr.robustness.hashing.HashingEvaluation`) says what an attack optimises (its
+objective and per-image target information) and how its result is scored (accuracy; mAP or
+t-mAP). The engine owns the rest, once: the grid of cells, the seeded subset, the gradient
+sources (``rule``, ``exact``, ``eot``, ``transfer``), bound checks, NaN counts, rows, progress,
+CSV, plot and logger output. Attacks come from the registry
+(:mod:`sslr.robustness.registry`). Per-image outcomes of every cell (classification: still
+correct, a bool per image; hashing: the adversarial code) stay available through
+:class:`SuiteResult`.
+
+Checkpoints are not loaded here: the application hands in models (see ``sslr.attack``).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from sslr.robustness.attacks import bound_excess, check_bounds, pgd, pgd_art, square
-from sslr.robustness.config import Attack, Backend, GradientSource, Norm, SuiteConfig
+from sslr.robustness.attacks import bound_excess, check_bounds
+from sslr.robustness.classification import ClassificationEvaluation
+from sslr.robustness.config import GradientSource, Norm, SuiteConfig
 from sslr.robustness.gradients import GradientSourceClassifier
 from sslr.robustness.guard import attack_mode
+from sslr.robustness.hashing import HashingTarget, as_hashing_target, hashing_evaluation
 from sslr.robustness.outputs import log_rows, plot_curves, write_csv
+from sslr.robustness.registry import AttackSpec, get_attack
 from sslr.robustness.results import RobustnessRow
 from sslr.robustness.subset import select_subset
-from sslr.robustness.target import AttackTarget, as_target, load_target
+from sslr.robustness.target import AttackTarget, as_target
 
 log = logging.getLogger(__name__)
+HEARTBEAT_S = 10.0  # the longest silence while a cell runs
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size], y[i : i + batch_size]
+@dataclass
+class SuiteResult:
+    """The rows of a suite, and per cell ``(attack, norm, gradient, eps)`` the per-image
+    outcomes (classification: bool (N,), still correct; hashing: codes (N, K))."""
+
+    rows: list[RobustnessRow] = field(default_factory=list)
+    per_image: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 
-def clean_accuracy(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
-    """Number of correctly classified images (eval mode, no attack)."""
-    device = target.device
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    with attack_mode(target.network):
-        for xb, yb in _batches(x, y, batch_size):
-            xb, yb = xb.to(device), yb.to(device)
-            correct += (target.predict(xb) == yb).sum()
-    return int(correct)
+class _Progress:
+    """One line per finished cell with done / left / ETA, and a heartbeat inside long cells."""
+
+    def __init__(self, total: int, say: Callable[[str], None]) -> None:
+        self.total, self.done, self.say = total, 0, say
+        self.start = self.last = time.monotonic()
+
+    def beat(self, what: str, batch: int, batches: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.say(f"attack {self.done + 1}/{self.total} {what}: batch {batch}/{batches}")
+            self.last = now
+
+    def finished(self, what: str, metric: str, value: float) -> None:
+        self.done += 1
+        now = time.monotonic()
+        left = self.total - self.done
+        eta = (now - self.start) / self.done * left
+        self.say(
+            f"attack {self.done}/{self.total} {what}: {metric} {value:.4f} "
+            f"({left} left, ETA {_duration(eta)})"
+        )
+        self.last = now
 
 
-def robust_accuracy(
-    target: AttackTarget,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    attack: Attack | str,
-    norm: Norm | str,
-    eps: float,
-    gradient: GradientSource | str,
-    config: SuiteConfig,
-    surrogate: AttackTarget | None = None,
-) -> int:
-    """Number of images of (x, y) still correctly classified by ``target`` after ``attack`` at
-    ``eps``; the examples come from ``surrogate`` for ``gradient="transfer"``. Every example is
-    checked to lie in its eps ball and in [0, 1] (:class:`AttackBoundsError` otherwise)."""
-    attack, norm, gradient = Attack(attack), Norm(norm), GradientSource(gradient)
-    if eps <= 0:
-        raise ValueError("eps must be > 0 here: eps = 0 is the clean accuracy")
-    if attack.white_box == (gradient is GradientSource.NONE):
-        raise ValueError(f"Gradient source {gradient.value!r} does not apply to {attack.value}")
-    if gradient is GradientSource.TRANSFER:
-        if surrogate is None:
-            raise ValueError("gradient 'transfer' needs a surrogate model")
-        source, crafted_on = GradientSource.RULE, surrogate
-    else:
-        source, crafted_on = gradient, target
-    device = target.device
-    networks = {id(n): n for n in (target.network, crafted_on.network)}.values()
-    classifier = GradientSourceClassifier(
-        crafted_on, x.shape[1:], source=source, eot_samples=config.eot_samples
-    )
-    # One gradient context for the whole run: brsf's draws go on from step to step.
-    with attack_mode(*networks), classifier:
-        generator = torch.Generator(device=crafted_on.device).manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # Square and ART's random start draw from NumPy
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        excess = torch.full((), -1.0, device=device)
-        nan_count = torch.zeros((), dtype=torch.long, device=crafted_on.device)
-        for xb, yb in _batches(x, y, config.batch_size):
-            xb, yb = xb.to(crafted_on.device), yb.to(crafted_on.device)
-            y_onehot = F.one_hot(yb, crafted_on.num_classes).float()  # (N, K): what ART expects
-            if attack is Attack.SQUARE:
-                adv = square(
-                    classifier,
-                    xb,
-                    y_onehot,
-                    norm=norm,
-                    eps=eps,
-                    queries=config.queries,
-                    batch_size=config.batch_size,
-                )
-            else:
-                kwargs = dict(
-                    norm=norm,
-                    eps=eps,
-                    step=config.step_of(attack, eps),
-                    steps=config.steps_of(attack),
-                    start_random=config.random_start and attack is Attack.PGD,
-                )
-                if config.backend_kind is Backend.ART:
-                    adv = pgd_art(classifier, xb, y_onehot, **kwargs)
-                else:
-                    adv = pgd(
-                        classifier, xb, y_onehot, generator=generator, nan_count=nan_count, **kwargs
-                    )
-            xb, yb, adv = xb.to(device), yb.to(device), adv.to(device)
-            excess = torch.maximum(excess, bound_excess(xb, adv, eps, norm))
-            correct += (target.predict(adv) == yb).sum()
-        what = f"{attack.value} ({norm.value}, eps={eps:.4g}, gradient={gradient.value})"
-        check_bounds(excess, what)
-        if int(nan_count):
-            warnings.warn(
-                f"{what}: {int(nan_count)} NaN input-gradient entries were treated as 0",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return int(correct)
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _sources(attack: Attack, config: SuiteConfig, target: AttackTarget) -> list[GradientSource]:
-    if not attack.white_box:
+def _sources(spec: AttackSpec, config: SuiteConfig, target) -> list[GradientSource]:
+    if not spec.white_box:
         return [GradientSource.NONE]
     sources = list(config.gradient_sources)
     if GradientSource.EOT in sources and not target.stochastic_feedback:
         sources.remove(GradientSource.EOT)
     return sources
+
+
+def _warn_eot(config: SuiteConfig, specs, target) -> None:
+    if GradientSource.EOT in config.gradient_sources and not target.stochastic_feedback:
+        if any(s.white_box for s in specs):
+            rules = ", ".join(sorted(target.rules)) or "plain backprop"
+            warnings.warn(
+                f"Gradient source 'eot' skipped: the target's rule ({rules}) has a deterministic "
+                "backward pass, where eot equals rule (it is for brsf)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _check_surrogate(config: SuiteConfig, specs, surrogate) -> None:
+    if config.wants_transfer and any(s.white_box for s in specs) and surrogate is None:
+        raise ValueError(
+            "gradient 'transfer' needs a surrogate: set surrogate_ckpt to the bp fine-tuned "
+            "model's checkpoint, or pass surrogate="
+        )
+
+
+def attack_cell(
+    evaluation,
+    spec: AttackSpec,
+    context: dict,
+    *,
+    norm: Norm,
+    eps: float,
+    gradient: GradientSource,
+    config: SuiteConfig,
+    beat: Callable[[int, int], None] = lambda batch, batches: None,
+) -> torch.Tensor:
+    """One cell: the per-image outcomes of ``spec`` at ``eps`` in ``norm`` along ``gradient``
+    (crafted on the surrogate for ``transfer``). Every example is checked to lie in its eps
+    ball and in [0, 1] (:class:`~sslr.robustness.AttackBoundsError` otherwise); NaN gradient
+    entries are treated as 0 with one warning per cell."""
+    if eps <= 0:
+        raise ValueError("eps must be > 0 here: eps = 0 is the clean score")
+    if spec.white_box == (gradient is GradientSource.NONE):
+        raise ValueError(f"Gradient source {gradient.value!r} does not apply to {spec.name}")
+    target = evaluation.target
+    if gradient is GradientSource.TRANSFER:
+        if evaluation.surrogate is None:
+            raise ValueError("gradient 'transfer' needs a surrogate model")
+        source, crafted_on = GradientSource.RULE, evaluation.surrogate
+    else:
+        source, crafted_on = gradient, target
+    x = evaluation.x
+    device, crafting = target.device, crafted_on.device
+    provider = GradientSourceClassifier(
+        evaluation.view(crafted_on),
+        x.shape[1:],
+        source=source,
+        eot_samples=config.eot_samples,
+        loss=evaluation.loss(spec),
+        labels=evaluation.labels,
+    )
+    goals = context["goals"][id(crafted_on)]
+    networks = {id(m.network): m.network for m in (target, crafted_on)}.values()
+    outcomes, excess = [], torch.full((), -1.0, device=device)
+    batches = -(-x.shape[0] // config.batch_size)
+    # One gradient context for the whole cell: brsf's draws go on from step to step.
+    with attack_mode(*networks, warn_train_mode=False), provider:
+        generator = torch.Generator(device=crafting).manual_seed(config.seed)
+        np.random.seed(config.seed % 2**32)  # Square and ART's random start draw from NumPy
+        for k, i in enumerate(range(0, x.shape[0], config.batch_size)):
+            index = slice(i, i + config.batch_size)
+            xb, yb = x[index].to(crafting), goals[index].to(crafting)
+            adv = spec.run(
+                provider, xb, yb, eps=eps, norm=norm, settings=config, generator=generator
+            )
+            xb, adv = xb.to(device), adv.to(device)
+            excess = torch.maximum(excess, bound_excess(xb, adv, eps, norm))
+            outcomes.append(evaluation.outcome(adv, index))
+            beat(k + 1, batches)
+    what = f"{spec.name} ({norm.value}, eps={eps:.4g}, gradient={gradient.value})"
+    check_bounds(excess, what)
+    if int(provider.nan_count):
+        warnings.warn(
+            f"{what}: {int(provider.nan_count)} NaN input-gradient entries were treated as 0",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return torch.cat(outcomes)
+
+
+def run_cells(
+    evaluation,
+    config: SuiteConfig,
+    *,
+    warn_train_mode: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> SuiteResult:
+    """Every cell of ``config`` on ``evaluation`` (a task's evaluation), in the order attack,
+    norm, gradient source, epsilon. eps = 0 is not attacked: its rows hold the clean score of
+    the same images. ``eot`` is skipped (with a warning) for a target without brsf layers,
+    where it equals ``rule``."""
+    target = evaluation.target
+    specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
+    _check_surrogate(config, specs, evaluation.surrogate)
+    _warn_eot(config, specs, target)
+    cells = [
+        (spec, norm, source, float(eps))
+        for spec in specs
+        for norm in config.norm_kinds
+        for source in _sources(spec, config, target)
+        for eps in config.eps_for(norm)
+    ]
+    say = progress or log.info
+    meter = _Progress(sum(1 for cell in cells if cell[3] > 0), say)
+    result, n = SuiteResult(), int(evaluation.x.shape[0])
+    models = [m for m in (target, evaluation.surrogate) if m is not None]
+    networks = {id(m.network): m.network for m in models}.values()
+    with attack_mode(*networks, warn_train_mode=warn_train_mode):
+        contexts: dict[str, dict] = {}
+        for spec, norm, source, eps in cells:
+            if spec.name not in contexts:
+                contexts[spec.name] = evaluation.begin(spec, config)
+            context = contexts[spec.name]
+            what = f"{spec.name} {norm.value} eps={eps:.4g} {source.value}"
+            if eps == 0.0:
+                outcomes = evaluation.clean(config.batch_size)
+            else:
+                outcomes = attack_cell(
+                    evaluation,
+                    spec,
+                    context,
+                    norm=norm,
+                    eps=eps,
+                    gradient=source,
+                    config=config,
+                    beat=lambda b, nb, what=what: meter.beat(what, b, nb),
+                )
+            value = evaluation.score(context, outcomes)
+            metric = evaluation.metric(spec)
+            row = RobustnessRow(
+                attack=spec.name,
+                norm=norm.value,
+                eps=eps,
+                steps=spec.steps(config),
+                gradient=source.value,
+                accuracy=float(value),
+                n=n,
+                metric=metric,
+            )
+            result.per_image[(spec.name, norm.value, source.value, eps)] = outcomes
+            result.rows.append(row)
+            if eps > 0:
+                meter.finished(what, metric, value)
+            log.debug("%s", row)
+    return result
 
 
 def evaluate(
@@ -137,77 +252,86 @@ def evaluate(
     surrogate=None,
     warn_train_mode: bool = True,
 ) -> list[RobustnessRow]:
-    """Run the suite on the images ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,): one row
-    per attack, norm, epsilon and gradient source, in that order. eps = 0 is not attacked: its
-    rows hold the clean accuracy of the same images. ``eot`` is skipped (with a warning) for a
-    target without brsf layers, where it equals ``rule``."""
+    """Run the suite on the images ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,) of a
+    classifier: one row per attack, norm, gradient source and epsilon, in that order."""
+    evaluation = classification_evaluation(target, x, y, config, surrogate)
+    return run_cells(evaluation, config, warn_train_mode=warn_train_mode).rows
+
+
+def classification_evaluation(target, x, y, config, surrogate=None) -> ClassificationEvaluation:
     target = as_target(target)
     surrogate = None if surrogate is None else as_target(surrogate)
-    _check_surrogate(config, target, surrogate)
-    if GradientSource.EOT in config.gradient_sources and not target.stochastic_feedback:
-        if any(a.white_box for a in config.attack_kinds):
-            rules = ", ".join(sorted(target.rules)) or "plain backprop"
-            warnings.warn(
-                f"Gradient source 'eot' skipped: the target's rule ({rules}) has a deterministic "
-                "backward pass, where eot equals rule (it is for brsf)",
-                UserWarning,
-                stacklevel=2,
-            )
-    n = int(x.shape[0])
+    specs = [get_attack(a) for a in config.attacks_for("classification")]
+    _check_surrogate(config, specs, surrogate)
     device = target.device
-    with attack_mode(target.network, warn_train_mode=warn_train_mode):
-        x = x.to(device)  # the whole subset on the device once (a few MB for CIFAR-sized data)
-        y = y.to(device)
-        clean = None
-        if any(0.0 in config.eps_for(norm) for norm in config.norm_kinds):
-            clean = clean_accuracy(target, x, y, config.batch_size)
-        rows = []
-        for attack in config.attack_kinds:
-            for norm in config.norm_kinds:
-                for source in _sources(attack, config, target):
-                    for eps in config.eps_for(norm):
-                        if eps == 0.0:
-                            correct = clean
-                        else:
-                            correct = robust_accuracy(
-                                target,
-                                x,
-                                y,
-                                attack=attack,
-                                norm=norm,
-                                eps=eps,
-                                gradient=source,
-                                config=config,
-                                surrogate=surrogate,
-                            )
-                        row = RobustnessRow(
-                            attack=attack.value,
-                            norm=norm.value,
-                            eps=float(eps),
-                            steps=config.steps_of(attack),
-                            gradient=source.value,
-                            accuracy=correct / n,
-                            n=n,
-                        )
-                        log.info("%s", row)
-                        rows.append(row)
-    return rows
+    return ClassificationEvaluation(target, surrogate, x.to(device), y.to(device))
 
 
-def _check_surrogate(
-    config: SuiteConfig, target: AttackTarget, surrogate: AttackTarget | None
-) -> None:
-    if not _wants_transfer(config):
-        return
-    if surrogate is None:
-        raise ValueError(
-            "gradient 'transfer' needs a surrogate: set surrogate_ckpt to the bp fine-tuned "
-            "model's checkpoint, or pass surrogate="
-        )
-    if surrogate.num_classes != target.num_classes:
+def clean_accuracy(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
+    """Number of correctly classified images (eval mode, no attack)."""
+    evaluation = ClassificationEvaluation(as_target(target), None, x, y)
+    with attack_mode(evaluation.target.network):
+        return int(evaluation.clean(batch_size).sum())
+
+
+def robust_accuracy(
+    target: AttackTarget,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: str,
+    norm: Norm | str,
+    eps: float,
+    gradient: GradientSource | str,
+    config: SuiteConfig,
+    surrogate: AttackTarget | None = None,
+) -> int:
+    """Number of images of (x, y) still correctly classified by ``target`` after ``attack`` at
+    ``eps``; the examples come from ``surrogate`` for ``gradient="transfer"``."""
+    spec = get_attack(attack)
+    if eps <= 0:
+        raise ValueError("eps must be > 0 here: eps = 0 is the clean accuracy")
+    gradient = GradientSource(gradient)
+    if spec.white_box == (gradient is GradientSource.NONE):
+        raise ValueError(f"Gradient source {gradient.value!r} does not apply to {spec.name}")
+    if gradient is GradientSource.TRANSFER and surrogate is None:
+        raise ValueError("gradient 'transfer' needs a surrogate model")
+    target = as_target(target)
+    surrogate = None if surrogate is None else as_target(surrogate)
+    evaluation = ClassificationEvaluation(target, surrogate, x.to(target.device), y)
+    context = evaluation.begin(spec, config)
+    outcomes = attack_cell(
+        evaluation, spec, context, norm=Norm(norm), eps=eps, gradient=gradient, config=config
+    )
+    return int(outcomes.sum())
+
+
+def _is_hashing(model) -> bool:
+    if isinstance(model, HashingTarget):
+        return True
+    hparams = getattr(model, "hparams", None)
+    return hparams is not None and "bits" in hparams
+
+
+def suite_evaluation(target, data, config: SuiteConfig, surrogate=None):
+    """The task evaluation of ``target`` (a classifier or hashing model, task or target) on
+    the fixed, seeded subset of ``data``'s test split."""
+    if _is_hashing(target):
+        target = as_hashing_target(target)
+        surrogate = None if surrogate is None else as_hashing_target(surrogate)
+        specs = [get_attack(a) for a in config.attacks_for("hashing")]
+        _check_surrogate(config, specs, surrogate)
+        return hashing_evaluation(target, data, config, surrogate)
+    target = as_target(target)
+    surrogate = None if surrogate is None else as_target(surrogate)
+    specs = [get_attack(a) for a in config.attacks_for("classification")]
+    _check_surrogate(config, specs, surrogate)
+    if surrogate is not None and surrogate.num_classes != target.num_classes:
         raise ValueError(
             f"The surrogate has {surrogate.num_classes} classes, the target {target.num_classes}"
         )
+    x, y = select_subset(data, config.n_samples, config.seed)
+    return classification_evaluation(target, x, y, config, surrogate)
 
 
 def run_suite(
@@ -220,23 +344,25 @@ def run_suite(
     out_dir: str | Path | None = None,
     step: int | None = None,
     warn_train_mode: bool = True,
+    progress: Callable[[str], None] | None = None,
+    result: SuiteResult | None = None,
 ) -> list[RobustnessRow]:
     """What ``sslr attack`` runs: the suite on the fixed, seeded subset of ``data`` (a Dataset,
-    DataLoader or DataModule; a DataModule's test split), writing ``robustness.csv`` and
-    ``robustness.png`` in ``out_dir`` and logging rows, metrics and the curve to ``loggers``.
+    DataLoader or DataModule, its test split; hashing: a hashing DataModule, whose test
+    database is encoded once), writing ``robustness.csv`` and ``robustness.png`` in ``out_dir``
+    and logging rows, metrics and the curve to ``loggers``.
 
-    ``target`` is an :class:`AttackTarget` or a ``ClassificationTask``. The ``transfer``
-    surrogate is ``surrogate`` (a target or task) or else loaded from
-    ``config.surrogate_ckpt``. Bad settings raise ``ValueError`` before any attack runs.
+    ``target`` is an :class:`AttackTarget`, a :class:`HashingTarget`, or a task. The
+    ``transfer`` surrogate is ``surrogate`` (a model of the same task, loaded by the caller).
+    Bad settings raise ``ValueError`` before any attack runs. ``result``, when given, receives
+    the per-image outcomes.
     """
     config = config or SuiteConfig()
-    target = as_target(target)
-    if surrogate is None and config.surrogate_ckpt is not None and _wants_transfer(config):
-        surrogate = load_target(config.surrogate_ckpt, target.device)
-    surrogate = None if surrogate is None else as_target(surrogate)
-    _check_surrogate(config, target, surrogate)
-    x, y = select_subset(data, config.n_samples, config.seed)
-    rows = evaluate(target, x, y, config, surrogate=surrogate, warn_train_mode=warn_train_mode)
+    evaluation = suite_evaluation(target, data, config, surrogate)
+    done = run_cells(evaluation, config, warn_train_mode=warn_train_mode, progress=progress)
+    if result is not None:
+        result.rows[:], result.per_image = done.rows, done.per_image
+    rows = done.rows
     png = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -245,9 +371,3 @@ def run_suite(
         png = plot_curves(rows, out_dir / "robustness.png")
     log_rows(rows, loggers, step=step, png=png)
     return rows
-
-
-def _wants_transfer(config: SuiteConfig) -> bool:
-    return GradientSource.TRANSFER in config.gradient_sources and any(
-        a.white_box for a in config.attack_kinds
-    )

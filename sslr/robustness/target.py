@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -86,13 +85,3 @@ def as_target(model) -> AttackTarget:
         f"Cannot attack a {type(model).__name__}: give an AttackTarget(network, mean, std, "
         "num_classes) or a ClassificationTask"
     )
-
-
-def load_target(ckpt_path: str | Path, device: torch.device | str = "cpu") -> AttackTarget:
-    """The target of a ``ClassificationTask`` checkpoint (e.g. the ``transfer`` surrogate)."""
-    from sslr.tasks import ClassificationTask
-
-    if not Path(ckpt_path).is_file():
-        raise ValueError(f"Checkpoint {str(ckpt_path)!r} does not exist")
-    task = ClassificationTask.load_from_checkpoint(ckpt_path, map_location=device)
-    return AttackTarget.from_task(task.eval())

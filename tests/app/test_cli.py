@@ -203,10 +203,14 @@ def test_attack_subcommand_on_a_fitted_run(capsys):
     suite = ["--suite.attacks", "[fgsm, pgd]", "--suite.n_samples", "24", "--suite.steps", "3"]
     suite += ["--suite.eps", "[0, 0.03, 0.3]", "--suite.gradients", "[rule, exact]"]
     assert main([*attack, *suite]) == 0
-    with open(run / "robustness.csv") as f:
+    (folder,) = (run / "attacks").iterdir()  # one folder per attack run, with its settings
+    assert (folder / "suite.yaml").is_file()
+    with open(folder / "robustness.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n"]
+    assert reader.fieldnames == [
+        *("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric")
+    ]
     assert len(rows) == 2 * 2 * 3  # attacks x gradient sources x epsilons
     acc = {(r["attack"], r["gradient"], float(r["eps"])): float(r["accuracy"]) for r in rows}
     clean = {v for (_, _, eps), v in acc.items() if eps == 0}
@@ -215,8 +219,11 @@ def test_attack_subcommand_on_a_fitted_run(capsys):
     assert clean > 0.5, acc  # two epochs on Digits: far above chance (0.1)
     # A large L-inf ball with the true gradient: PGD drives accuracy far below clean.
     assert acc[("pgd", "exact", 0.3)] < clean - 0.3, acc
-    assert (run / "robustness.png").stat().st_size > 1000
-    assert (run / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "robustness.png").stat().st_size > 1000
+    assert (folder / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    # A second attack with other settings keeps its own results beside the first.
+    assert main([*attack, *suite[:-2], "--suite.gradients", "[exact]"]) == 0
+    assert len(list((run / "attacks").glob("*/robustness.csv"))) == 2
 
     capsys.readouterr()
     assert main([*attack, "--suite.eps", "[-0.1]"]) == 2
@@ -229,12 +236,21 @@ def test_attack_subcommand_on_a_hashing_run():
     assert main(["fit", "--config", config, "--config", DEBUG]) == 0
     run = Path("runs/debug/HashingDigits/resnet18_bp_16bits/version_0")
     args = ["attack", "--config", str(run / "config.yaml")]
-    args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--hashing.n_queries", "8"]
-    args += ["--hashing.steps", "2", "--hashing.attacks", "[pgd, p2p]"]
-    args += ["--hashing.gradients", "[exact]"]
+    args += ["--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--suite.n_samples", "8"]
+    args += ["--suite.steps", "2", "--suite.attacks", "[pgd, p2p]"]
+    args += ["--suite.gradients", "[exact]"]
     assert main(args) == 0
-    with open(run / "robustness.csv") as f:
+    (csv_path,) = (run / "attacks").glob("*/robustness.csv")
+    with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert {r["metric"] for r in rows} == {"mAP", "t-mAP"}
     assert {r["attack"] for r in rows} == {"pgd", "p2p"}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+
+
+def test_retired_hashing_options_name_their_suite_key(capsys):
+    config = str(ROOT / "configs" / "hashing" / "quickstart_digits.yaml")
+    args = ["attack", "--config", config, "--hashing.n_queries", "8"]  # fails before any work
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--suite.n_samples" in err[0] and "--hashing.n_queries" in err[0]

@@ -12,24 +12,34 @@ import pytest
 import torch
 
 from sslr.feedback import set_rule
-from sslr.hashing.attacks import (
+from sslr.metrics import mean_average_precision
+from sslr.results import COLUMNS
+from sslr.robustness import (
+    AttackBoundsError,
+    GradientSource,
+    GradientSourceClassifier,
+    Norm,
+    SuiteConfig,
+    attack_mode,
+    run_suite,
+)
+from sslr.robustness.attacks import pgd
+from sslr.robustness.hashing import (
     CodeLoss,
-    HashingGradientClassifier,
     HashingTarget,
     anchor_codes,
-    attack_queries,
     draw_targets,
-)
-from sslr.hashing.suite import (
-    HASHING_COLUMNS,
-    HashingSuiteConfig,
     encode_loader,
-    run_hashing_suite,
     select_queries,
 )
-from sslr.metrics import mean_average_precision
-from sslr.robustness import AttackBoundsError, GradientSource, Norm, attack_mode
-from sslr.robustness.attacks import pgd
+
+
+def code_provider(target, shape, attack, source):
+    """The engine's gradient provider on a hashing target with ``attack``'s code objective."""
+    return GradientSourceClassifier(
+        target.attack_target, shape, source, loss=CodeLoss(attack), labels="codes"
+    )
+
 
 # Wider than the default sweep (0, 2, 4, 8)/255: this small Digits model at 16 px barely moves
 # below 4/255, where the untargeted objective first flips its least confident bits (which can
@@ -49,14 +59,16 @@ def snapshot(module: torch.nn.Module) -> dict:
 @pytest.fixture(scope="module")
 def suite(trained, tmp_path_factory):
     """The suite on 32 queries: pgd (untargeted) and p2p (targeted) with exact gradients,
-    5 steps of 3/255; the model's state before and after, and the output folder."""
+    5 steps of 2.5 * eps / 5, no random start; the model's state before and after, and the
+    output folder."""
     task = trained.model
     before = snapshot(task)
     out = tmp_path_factory.mktemp("attack")
-    config = HashingSuiteConfig(
-        attacks=["pgd", "p2p"], gradients=["exact"], eps=EPS, steps=5, step=3 / 255, n_queries=32
-    )
-    rows = run_hashing_suite(task, trained.datamodule, config, out_dir=out)
+    config = SuiteConfig(
+        attacks=["pgd", "p2p"], gradients=["exact"], eps=EPS, steps=5, random_start=False,
+        n_samples=32, batch_size=64,
+    )  # fmt: skip
+    rows = run_suite(task, trained.datamodule, config, out_dir=out)
     return rows, config, before, snapshot(task), out
 
 
@@ -71,7 +83,7 @@ def test_eps_zero_is_the_clean_map_of_the_same_queries(trained, suite):
     rows, config, *_ = suite
     target = HashingTarget.from_task(trained.model)
     query_loader, db_loader = trained.datamodule.test_dataloader()
-    x, labels = select_queries(query_loader, config.n_queries, config.seed)
+    x, labels = select_queries(query_loader, config.n_samples, config.seed)
     db_codes, db_labels = encode_loader(target, db_loader)
     clean = mean_average_precision(target.encode(x), db_codes, labels, db_labels)
     assert values(rows, "pgd")[0] == clean
@@ -106,8 +118,8 @@ def test_csv_has_the_columns_plus_metric_and_png_exists(suite):
     with open(out / "robustness.csv", newline="") as f:
         reader = csv.DictReader(f)
         records = list(reader)
-    assert tuple(reader.fieldnames) == HASHING_COLUMNS
-    assert HASHING_COLUMNS[-1] == "metric" and len(HASHING_COLUMNS) == 8
+    assert tuple(reader.fieldnames) == COLUMNS
+    assert COLUMNS[-1] == "metric" and len(COLUMNS) == 8
     assert len(records) == len(rows) == 2 * len(EPS)
     assert {r["metric"] for r in records} == {"mAP", "t-mAP"}
     assert {r["gradient"] for r in records} == {"exact"}
@@ -121,7 +133,7 @@ def test_perturbations_stay_in_the_ball_and_the_box(trained, norm, eps):
     x = trained.datamodule.split("query")[0][:8]
     goal = target.encode(x)
     with attack_mode(target.network):
-        with HashingGradientClassifier(target, x.shape[1:], "hag", GradientSource.EXACT) as clf:
+        with code_provider(target, x.shape[1:], "hag", GradientSource.EXACT) as clf:
             gen = torch.Generator().manual_seed(0)
             step = 2 / 255 if norm is Norm.LINF else 0.25
             adv = pgd(
@@ -142,14 +154,12 @@ def test_perturbations_stay_in_the_ball_and_the_box(trained, norm, eps):
 
 
 def test_an_illegal_example_is_caught_at_runtime(trained, monkeypatch):
-    target = HashingTarget.from_task(trained.model)
-    x = trained.datamodule.split("query")[0][:4]
-    monkeypatch.setattr("sslr.hashing.attacks.pgd", lambda clf, x, *a, **k: (x + 0.1).clamp(0, 1))
-    with attack_mode(target.network), pytest.raises(AttackBoundsError, match="outside"):
-        attack_queries(
-            target, x, target.encode(x), attack="pgd", norm="linf", eps=2 / 255, step=1 / 255,
-            steps=1, gradient="exact", batch_size=4,
-        )  # fmt: skip
+    monkeypatch.setattr(
+        "sslr.robustness.attacks.pgd", lambda clf, x, *a, **k: (x + 0.1).clamp(0, 1)
+    )
+    config = SuiteConfig(attacks=["pgd"], gradients=["exact"], eps=[2 / 255], steps=1, n_samples=4)
+    with pytest.raises(AttackBoundsError, match="outside"):
+        run_suite(trained.model, trained.datamodule, config)
 
 
 def test_art_gradient_is_the_gradient_of_the_objective(trained):
@@ -158,7 +168,7 @@ def test_art_gradient_is_the_gradient_of_the_objective(trained):
     x = trained.datamodule.split("query")[0][:4]
     goal = target.encode(x)
     with attack_mode(target.network):
-        with HashingGradientClassifier(target, x.shape[1:], "pgd", GradientSource.EXACT) as clf:
+        with code_provider(target, x.shape[1:], "pgd", GradientSource.EXACT) as clf:
             art = clf.loss_gradient(x.clone(), goal)
         xr = x.clone().requires_grad_(True)
         u = target.codes(target.attack_target.normalize(xr))
@@ -199,31 +209,33 @@ def test_transfer_from_a_surrogate_and_eot_on_brsf(trained):
     network = copy.deepcopy(task.network)
     set_rule(network, "brsf")
     target = HashingTarget(network, task.mean, task.std, bits=16)
-    config = HashingSuiteConfig(
+    config = SuiteConfig(
         attacks=["pgd"], gradients=["rule", "eot", "transfer"], eps=[0, 8 / 255], steps=2,
-        step=4 / 255, n_queries=8, eot_samples=2,
+        step_size=1.0, random_start=False, n_samples=8, eot_samples=2,
     )  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = run_hashing_suite(target, trained.datamodule, config, surrogate=task)
+        rows = run_suite(target, trained.datamodule, config, surrogate=task)
     assert not [w for w in caught if "skipped" in str(w.message)]
     by_source = {(r.gradient, r.eps): r.accuracy for r in rows}
     assert set(by_source) == {(g, e) for g in ("rule", "eot", "transfer") for e in (0, 8 / 255)}
     assert by_source[("transfer", 8 / 255)] < by_source[("transfer", 0.0)]
 
-    bp_only_eot = HashingSuiteConfig(attacks=["pgd"], gradients=["eot"], eps=[0], n_queries=4)
+    bp_only_eot = SuiteConfig(attacks=["pgd"], gradients=["eot"], eps=[0], n_samples=4)
     with pytest.warns(UserWarning, match="eot' skipped"):
-        assert run_hashing_suite(task, trained.datamodule, bp_only_eot) == []
+        assert run_suite(task, trained.datamodule, bp_only_eot) == []
 
 
 BAD = {
     "negative eps": ({"eps": [0, -2 / 255]}, "eps must be finite and >= 0"),
     "eps in /255 units": ({"eps": [8]}, "not in /255 units"),
-    "unknown attack": ({"attacks": ["pgd", "fgsm"]}, "Unknown attack 'fgsm'"),
+    "unknown attack": ({"attacks": ["pgd", "pgdd"]}, "Unknown attack 'pgdd'"),
     "zero steps": ({"steps": 0}, "steps must be a positive integer"),
-    "zero step": ({"step": 0.0}, "step must be > 0"),
-    "no queries": ({"n_queries": 0}, "n_queries must be a positive integer"),
-    "gradient none": ({"gradients": ["none"]}, "Unknown gradient source 'none'"),
+    "zero step": ({"step_size": 0.0}, "step_size must be > 0"),
+    "no queries": ({"n_samples": 0}, "n_samples must be a positive integer"),
+    "gradient none": ({"gradients": ["none"]}, "Gradient source 'none' cannot be chosen"),
+    "negative margin": ({"hag_margin": -1.0}, "hag_margin must be a finite number >= 0"),
+    "zero anchors": ({"dhta_anchors": 0}, "dhta_anchors must be a positive integer"),
     "empty attacks": ({"attacks": []}, "attacks is empty"),
     "missing surrogate": ({"surrogate_ckpt": "nowhere.ckpt"}, "does not exist"),
 }
@@ -233,10 +245,41 @@ BAD = {
 def test_bad_settings_fail_eagerly_with_one_clear_error(case):
     kwargs, message = BAD[case]
     with pytest.raises(ValueError, match=message):
-        HashingSuiteConfig(**kwargs)
+        SuiteConfig(**kwargs)
 
 
 def test_transfer_without_a_surrogate_fails_before_any_work(trained):
-    config = HashingSuiteConfig(gradients=["transfer"])
+    config = SuiteConfig(gradients=["transfer"])
     with pytest.raises(ValueError, match="needs a surrogate"):
-        run_hashing_suite(trained.model, object(), config)  # the data is never touched
+        run_suite(trained.model, object(), config)  # the data is never touched
+
+
+def test_a_classification_attack_on_a_hashing_model_fails_before_any_work(trained):
+    config = SuiteConfig(attacks=["square"], gradients=[])
+    with pytest.raises(ValueError, match="applies to classification models, not to hashing"):
+        run_suite(trained.model, object(), config)  # the data is never touched
+
+
+def test_the_robustness_callback_evaluates_a_hashing_model(trained, tmp_path):
+    """RobustnessEvaluation serves hashing runs as classification ones: mAP / t-mAP rows of
+    the split's queries against its database, files and logged metrics."""
+    from types import SimpleNamespace
+
+    from sslr.callbacks import RobustnessEvaluation
+
+    config = SuiteConfig(
+        attacks=["pgd", "p2p"], gradients=["exact"], eps=[0, 8 / 255], steps=3, n_samples=8
+    )
+    callback = RobustnessEvaluation(suite=config)
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda m, step: logged.append(m), save=lambda: None)
+    trainer = SimpleNamespace(
+        is_global_zero=True, sanity_checking=False, global_step=5, log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path), loggers=[logger],
+    )  # fmt: skip
+    callback._run(trainer, trained.model, "test", trained.datamodule.test_dataloader())
+    ((stage, step, rows),) = callback.results
+    assert (stage, step) == ("test", 5)
+    assert {(r.attack, r.metric) for r in rows} == {("pgd", "mAP"), ("p2p", "t-mAP")}
+    assert (tmp_path / "robustness" / "test_step=5.csv").is_file()
+    assert logged and all(0.0 <= v <= 1.0 for v in logged[0].values())

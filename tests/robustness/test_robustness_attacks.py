@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sslr.robustness.attacks as attacks_module
 import sslr.robustness.suite as suite_module
 from sslr.robustness import (
     AttackBoundsError,
@@ -65,9 +66,9 @@ def test_eps_zero_is_exactly_the_clean_accuracy(target, test_subset, monkeypatch
     x, y = test_subset
     config = _config("linf", attacks=["fgsm", "pgd"], gradients=["rule", "exact"])
     called = []
-    real = suite_module.robust_accuracy
+    real = suite_module.attack_cell
     monkeypatch.setattr(
-        suite_module, "robust_accuracy", lambda *a, **k: called.append(k["eps"]) or real(*a, **k)
+        suite_module, "attack_cell", lambda *a, **k: called.append(k["eps"]) or real(*a, **k)
     )
     rows = evaluate(target, x, y, config)
     expected = (target.predict(x) == y).float().mean().item()
@@ -123,7 +124,7 @@ def test_an_illegal_example_raises(target, test_subset, monkeypatch, broken):
     x, y = test_subset
     x = x.clone()
     x[:, :, 0, 0] = 1.0
-    monkeypatch.setattr(suite_module, "pgd", lambda clf, xb, y1, **k: broken(xb, k["eps"]))
+    monkeypatch.setattr(attacks_module, "pgd", lambda clf, xb, y1, **k: broken(xb, k["eps"]))
     with pytest.raises(AttackBoundsError, match="outside its eps ball or outside"):
         robust_accuracy(
             target,

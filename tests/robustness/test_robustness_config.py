@@ -67,8 +67,8 @@ def test_transfer_without_surrogate_raises_before_work(target, test_subset, monk
         raise AssertionError("work started")
 
     monkeypatch.setattr(suite, "select_subset", no_work)
-    monkeypatch.setattr(suite, "robust_accuracy", no_work)
-    monkeypatch.setattr(suite, "clean_accuracy", no_work)
+    monkeypatch.setattr(suite, "attack_cell", no_work)
+    monkeypatch.setattr(suite, "run_cells", no_work)
     config = SuiteConfig(gradients=["rule", "transfer"])
     with pytest.raises(ValueError, match="needs a surrogate"):
         run_suite(target, test_subset, config)

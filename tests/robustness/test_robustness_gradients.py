@@ -181,9 +181,13 @@ def test_classification_task_and_surrogate_checkpoint(test_subset, target, tmp_p
         n_samples=8,
         surrogate_ckpt=str(ckpt),
     )
+    # The application loads the surrogate checkpoint (the engine never opens one).
+    from sslr.attack_run import load_surrogate
+
+    surrogate = load_surrogate(usf, config.surrogate_ckpt, "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = run_suite(usf, dataset, config, out_dir=tmp_path)
+        rows = run_suite(usf, dataset, config, surrogate=surrogate, out_dir=tmp_path)
     assert [r.gradient for r in rows] == ["exact", "exact", "transfer", "transfer"]
     assert rows[1].accuracy == rows[3].accuracy  # same weights: transfer = exact
     assert rows[0].accuracy == (usf(x[:8]).argmax(1) == y[:8]).float().mean().item()

@@ -39,7 +39,8 @@ def test_csv_png_and_csv_logger(target, dataset, tmp_path):
         reader = csv.reader(f)
         header = next(reader)
         body = list(reader)
-    assert header == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n"]
+    assert header == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric"]
+    assert {line[-1] for line in body} == {"accuracy"}
     assert tuple(header) == COLUMNS and len(body) == len(rows)
     assert read_csv(tmp_path / "robustness.csv") == rows
     assert {r.gradient for r in rows if r.attack == "square"} == {"none"}
@@ -77,8 +78,8 @@ def test_wandb_offline_run_gets_table_and_line_plots(target, dataset, tmp_path, 
     (table_file,) = media[0].glob("table/robust/table_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == [*COLUMNS, "run", "series"]
-    assert [tuple(r[:7]) for r in table["data"]] == [tuple(r.as_dict().values()) for r in rows]
-    run = table["data"][0][7]
+    assert [tuple(r[:8]) for r in table["data"]] == [tuple(r.as_dict().values()) for r in rows]
+    run = table["data"][0][8]
     assert {r[-1] for r in table["data"]} == {f"{run}: pgd/rule", f"{run}: pgd/exact"}
     assert len(list(media[0].glob("table/robust/curve_linf_table_*.table.json"))) == 1
     assert len(list(media[0].glob("images/robust/plot_*.png"))) == 1

@@ -1,0 +1,149 @@
+"""One ``sslr attack`` run, in the application layer: load the checkpoint (and the ``transfer``
+surrogate), hand the models to the evaluation engine, keep the results, print their table.
+
+Where results go: a folder per attack run, ``<run>/attacks/<checkpoint>-<key>/``, holding
+``suite.yaml`` (the resolved suite settings and the checkpoint attacked), ``robustness.csv``
+and ``robustness.png``; ``<key>`` is a hash of those settings. Two attacks with different
+settings keep both results; the same attack again rewrites its own folder with the same rows.
+A caller that names ``out_dir`` (the grid) gets the files there instead.
+
+Every checkpoint this command opens is opened in :func:`load_weights` and
+:func:`load_surrogate`, and nowhere else.
+
+The former hashing options (``--hashing.*``) are refused with one line naming the
+``--suite.*`` key that replaced them (:class:`RetiredHashingOptions`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sslr.atomic import FolderLock, atomic_write
+from sslr.errors import UserError
+from sslr.results import RobustnessRow, format_table
+from sslr.robustness import SuiteConfig, SuiteResult, run_suite
+from sslr.robustness.config import RENAMED
+
+
+@dataclass
+class RetiredHashingOptions:
+    """The options of the former ``--hashing`` group: any of them set is one error naming the
+    ``--suite`` key to use (one configuration serves both tasks)."""
+
+    attacks: object = None
+    norms: object = None
+    eps: object = None
+    eps_l2: object = None
+    steps: object = None
+    step: object = None
+    random_start: object = None
+    gradients: object = None
+    eot_samples: object = None
+    hag_margin: object = None
+    dhta_anchors: object = None
+    n_queries: object = None
+    seed: object = None
+    batch_size: object = None
+    surrogate_ckpt: object = None
+
+    def __post_init__(self) -> None:
+        for old in (f.name for f in dataclasses.fields(self)):
+            if getattr(self, old) is not None:
+                new = RENAMED[old]
+                note = " (relative: alpha = step_size * eps / steps)" if old == "step" else ""
+                raise UserError(
+                    f"--hashing.{old} is gone: use --suite.{new}{note}; one --suite serves "
+                    "classification and hashing checkpoints"
+                )
+
+
+def load_weights(model, ckpt_path: str, weights_only: bool = False) -> None:
+    """Load a Lightning checkpoint into ``model`` in place, rule and feedback state included
+    (the one place this command opens the attacked checkpoint)."""
+    import torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def load_surrogate(model, ckpt_path: str, device):
+    """The ``transfer`` surrogate: a model of ``model``'s task from ``ckpt_path``, in eval
+    mode on ``device``."""
+    from sslr.tasks import ClassificationTask, HashingTask
+
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"Surrogate checkpoint {str(ckpt_path)!r} does not exist")
+    kind = HashingTask if isinstance(model, HashingTask) else ClassificationTask
+    return kind.load_from_checkpoint(ckpt_path, map_location=device).eval()
+
+
+def attack_folder(run_dir: Path, ckpt_path: str, settings: dict) -> Path:
+    """``<run>/attacks/<checkpoint>-<key>``: one folder per distinct attack of a run."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return run_dir / "attacks" / f"{Path(ckpt_path).stem}-{key}"
+
+
+def resolved_settings(config: SuiteConfig, task: str, ckpt_path: str) -> dict:
+    """What distinguishes one attack run from another: every suite setting as resolved for
+    ``task`` (the default attacks spelled out) and the checkpoint."""
+    settings = dataclasses.asdict(config)
+    settings["attacks"] = list(config.attacks_for(task))
+    settings["checkpoint"] = str(Path(ckpt_path).resolve())
+    return settings
+
+
+def attack_checkpoint(
+    model,
+    datamodule,
+    ckpt_path: str,
+    config: SuiteConfig | None = None,
+    *,
+    device=None,
+    loggers: Iterable = (),
+    run_dir: Path | None = None,
+    out_dir: str | Path | None = None,
+    weights_only: bool = False,
+    say: Callable[[str], None] = print,
+    result: SuiteResult | None = None,
+) -> list[RobustnessRow]:
+    """Attack the checkpoint ``ckpt_path`` with ``model``'s architecture: load it, run the
+    suite on ``datamodule``'s test split, write the results (see the module docstring), log
+    them to ``loggers`` and print their table through ``say``. Returns the rows."""
+    config = config or SuiteConfig()
+    load_weights(model, ckpt_path, weights_only=weights_only)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    task = "hashing" if "bits" in getattr(model, "hparams", {}) else "classification"
+    settings = resolved_settings(config, task, ckpt_path)
+    surrogate = None
+    if config.wants_transfer and config.surrogate_ckpt is not None:
+        surrogate = load_surrogate(model, config.surrogate_ckpt, device or "cpu")
+    if out_dir is not None:
+        folder = Path(out_dir)
+    else:
+        folder = attack_folder(Path(run_dir or Path(ckpt_path).parent), ckpt_path, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"sslr attack: {ckpt_path} (rule {model.rule}, {task}) -> {folder}")
+    with FolderLock(folder, "attack"):
+        rows = run_suite(
+            model,
+            datamodule,
+            config,
+            surrogate=surrogate,
+            loggers=loggers,
+            out_dir=folder,
+            progress=say,
+            result=result,
+        )
+        atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
+    say(format_table(rows))
+    return rows

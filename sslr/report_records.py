@@ -1,0 +1,438 @@
+"""The records of ``sslr report``: what a run folder says (its config, clean metric and every
+attack's robustness.csv), read without torch, and how its values are named and ordered.
+
+A run's results are ``metrics.csv`` (the clean metric: test first, else validation),
+``robustness.csv`` in the run folder (written by ``sslr grid`` and older ``sslr attack``) and
+``attacks/*/robustness.csv`` (one folder per ``sslr attack`` run, beside its ``suite.yaml``).
+Every robustness.csv is read strictly through :mod:`sslr.results`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from sslr.results import GRADIENT_ORDER, ResultsError, read_rows
+
+RULE_ORDER = ("bp", "fa", "usf", "frsf", "brsf")
+ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n")
+CSV_COLUMNS = (
+    *("task", "dataset", "backbone", "bits", "rule", "attack", "norm", "eps", "steps"),
+    *("gradient", "metric", "value", "delta_vs_bp", "n", "run_dir"),
+)
+TASKS = {"ClassificationTask": "classification", "HashingTask": "hashing"}
+# The clean metric per task, and the metrics.csv columns it is read from (test split first).
+CLEAN_METRIC = {"classification": "acc", "hashing": "mAP"}
+CLEAN_COLUMNS = {"classification": ("test/acc", "val/acc"), "hashing": ("test/mAP", "val/mAP")}
+CLEAN = "clean"  # the `attack` of the clean measurement (eps 0) in records and report.csv
+# Attacks report eps 0 too: clean accuracy on the attack's subset, the same number for every
+# attack and gradient. The table shows it once, in this column, instead of once per attack.
+SUBSET = "clean-subset"
+MISSING = "–"
+# Never run folders; W&B writes a config.yaml of its own under wandb/.
+_SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
+_NORMS = {"inf": "Linf", "linf": "Linf", "l_inf": "Linf", "np.inf": "Linf", "infinity": "Linf"}
+_NORMS |= {"2": "L2", "2.0": "L2", "l2": "L2", "1": "L1", "1.0": "L1", "l1": "L1"}
+
+
+class ReportError(ValueError):
+    """A problem with the run folders a user gave; the CLI prints it as one sentence, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One number a run reports: its clean metric (attack "clean", eps 0) or one attack setting."""
+
+    attack: str
+    norm: str
+    eps: float
+    steps: int | None
+    gradient: str
+    metric: str
+    value: float
+    n: int | None = None
+
+    @property
+    def column(self) -> tuple:
+        """What identifies this measurement's table column (every field but the value)."""
+        return (self.attack, self.norm, self.metric, self.steps, self.eps, self.gradient)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder, read: what was run (from config.yaml) and what it measured."""
+
+    path: Path  # as found under the RUN_DIR given (relative when that was relative)
+    task: str  # "classification" or "hashing"
+    dataset: str  # the DataModule's class name, e.g. "Digits"
+    backbone: str
+    bits: int | None  # hashing code length; None for classification
+    rule: str
+    measurements: tuple[Measurement, ...]
+    clean_source: str | None  # the metrics.csv column the clean value came from
+    mtime: float  # newest of metrics.csv / robustness.csv (config.yaml when neither exists)
+    has_results: bool  # metrics.csv or robustness.csv exists
+    settings: dict  # flattened seed and model/data init_args, to explain duplicates
+    wandb: tuple[str | None, str | None] = (None, None)  # its WandbLogger's (project, group)
+    sources: tuple[str, ...] = ()  # the robustness.csv files read, relative to path
+
+    @property
+    def group(self) -> tuple:
+        """The table this run belongs to: (task, dataset, backbone, bits)."""
+        return (self.task, self.dataset, self.backbone, self.bits)
+
+    @property
+    def key(self) -> tuple:
+        """Runs with the same key are duplicates: the newest one is reported."""
+        return (*self.group, self.rule)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the long-form report.csv: one measurement of one rule, with its delta to bp."""
+
+    task: str
+    dataset: str
+    backbone: str
+    bits: int | None
+    rule: str
+    attack: str
+    norm: str
+    eps: float
+    steps: int | None
+    gradient: str
+    metric: str
+    value: float
+    delta_vs_bp: float | None  # None when the table has no bp value for this column
+    n: int | None
+    run_dir: str
+
+    @property
+    def column(self) -> tuple:
+        """The table column this record fills (as Measurement.column)."""
+        return (self.attack, self.norm, self.metric, self.steps, self.eps, self.gradient)
+
+    def as_row(self) -> list:
+        """The record's fields in CSV_COLUMNS order (None for empty)."""
+        return [getattr(self, name) for name in CSV_COLUMNS]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One comparison table: the rules of one (task, dataset, backbone[, bits]) side by side."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]  # formatted cells, first cell the rule
+    run_dirs: dict[str, str]  # rule -> run folder
+    figures: list[Path]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `build_report` read and wrote."""
+
+    runs: list[Run]  # the runs compared (the newest per task, dataset, backbone, bits, rule)
+    records: list[Record]
+    tables: list[Table]
+    notes: list[str]  # duplicates resolved, skipped folders, clean values taken from val/
+    markdown: str
+    markdown_path: Path
+    csv_path: Path
+    figures: list[Path]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_eps(eps: float) -> str:
+    """Epsilon as people write it: `8/255` when it is a multiple of 1/255 below 1, else `0.5`."""
+    if eps == 0:
+        return "0"
+    k = eps * 255
+    if 0 < eps < 1 and abs(k - round(k)) < 1e-3:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def format_cell(value: float | None, delta: float | None) -> str:
+    """`0.412 (+0.031)`; `0.412` when there is no delta; `–` when not measured."""
+    if value is None:
+        return MISSING
+    if delta is None:
+        return f"{value:.3f}"
+    shown = f"{delta:+.3f}"
+    return f"{value:.3f} ({'+0.000' if shown == '-0.000' else shown})"
+
+
+def attack_label(attack: str, steps: int | None) -> str:
+    """`pgd-10` for an iterative attack, `fgsm` for a one-step one."""
+    return f"{attack}-{steps}" if steps is not None and steps > 1 else attack
+
+
+def column_title(column: tuple, task: str) -> str:
+    """A table header, e.g. `pgd-10 Linf ε=8/255 rule` (hashing adds the metric)."""
+    attack, norm, metric, steps, eps, gradient = column
+    if attack == CLEAN:
+        return f"clean {metric}"
+    if attack == SUBSET:
+        return f"clean {metric} (attack subset)"
+    title = f"{attack_label(attack, steps)} {norm} ε={format_eps(eps)} {gradient}"
+    return f"{title} {metric}" if task == "hashing" else title
+
+
+def group_title(group: tuple) -> str:
+    task, dataset, backbone, bits = group
+    parts = [task, dataset, backbone]
+    if task == "hashing":
+        parts.append(f"{'?' if bits is None else bits} bits")
+    return " · ".join(parts)
+
+
+def order_key(name: str, order: Sequence[str]) -> tuple:
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def column_order(column: tuple) -> tuple:
+    attack, norm, metric, steps, eps, gradient = column
+    return (
+        0 if attack == CLEAN else 1 if attack == SUBSET else 2,
+        attack,
+        norm,
+        metric,
+        steps or 0,
+        eps,
+        order_key(gradient, GRADIENT_ORDER),
+    )
+
+
+def group_order(group: tuple) -> tuple:
+    task, dataset, backbone, bits = group
+    return (task, dataset, backbone, -1 if bits is None else bits)
+
+
+# --------------------------------------------------------------------------- reading run folders
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Folders holding a config.yaml at or below each path, in a stable order, each once."""
+    found: dict[Path, Path] = {}
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise ReportError(
+                f"{root} does not exist; give run folders or folders that contain them."
+            )
+        if not root.is_dir():
+            raise ReportError(f"{root} is not a folder; give run folders or folders above them.")
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+            if "config.yaml" in files:
+                found.setdefault(Path(folder).resolve(), Path(folder))
+    return list(found.values())
+
+
+def _dig(mapping: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _flatten(value: object, prefix: str) -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat |= _flatten(item, f"{prefix}.{key}")
+        return flat
+    return {prefix: value}
+
+
+def read_config(folder: Path) -> tuple[dict | None, str | None]:
+    """The run's identity from config.yaml, or (None, why) when it is not an sslr run config."""
+    path = folder / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" (line {mark.line + 1}: {problem})" if mark and problem else ""
+        raise ReportError(f"{path} is not valid YAML{where}.") from None
+    class_path = _dig(config, "model", "class_path")
+    if not isinstance(class_path, str):
+        return None, "its config.yaml has no model.class_path (not a LightningCLI run config)"
+    task = TASKS.get(class_path.rsplit(".", 1)[-1])
+    if task is None:
+        return None, f"its model {class_path} is neither a ClassificationTask nor a HashingTask"
+    init = _dig(config, "model", "init_args") or {}
+    if not init.get("rule"):
+        return None, "its config.yaml has no model.init_args.rule"
+    loggers = _dig(config, "trainer", "logger")
+    wandb = next(
+        (
+            (_dig(lg, "init_args", "project"), _dig(lg, "init_args", "group"))
+            for lg in (loggers if isinstance(loggers, list) else [loggers])
+            if str(_dig(lg, "class_path")).endswith("WandbLogger")
+        ),
+        (None, None),
+    )
+    data_class = _dig(config, "data", "class_path")
+    bits = init.get("bits") if task == "hashing" else None
+    identity = {
+        "task": task,
+        "dataset": data_class.rsplit(".", 1)[-1] if isinstance(data_class, str) else "unknown",
+        "backbone": str(init.get("backbone", "unknown")),
+        "bits": int(bits) if bits is not None else None,
+        "rule": str(init["rule"]).lower(),
+        "wandb": wandb,
+        "settings": {
+            "seed_everything": config.get("seed_everything"),
+            **_flatten(init, "model.init_args"),
+            **_flatten(_dig(config, "data", "init_args") or {}, "data.init_args"),
+        },
+    }
+    return identity, None
+
+
+def _number(text: str | None, kind: type, path: Path, line: int, column: str):
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return kind(float(text)) if kind is int else kind(text)
+    except (ValueError, OverflowError):
+        raise ReportError(
+            f"{path}, line {line}: cannot read {column}={text!r} as a number."
+        ) from None
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{path} is not a text CSV file (a metrics.csv of sslr fit).") from None
+    if text and not text.endswith("\n"):
+        raise ReportError(f"{path} does not end with a newline: the file is truncated.")
+    reader = csv.DictReader(text.splitlines())
+    rows = list(reader)
+    return rows, list(reader.fieldnames or [])
+
+
+def read_clean(path: Path, task: str) -> tuple[float | None, str | None]:
+    """The last logged test metric in a CSVLogger metrics.csv, else the last validation one."""
+    if not path.is_file():
+        return None, None
+    rows, fieldnames = _read_metrics(path)
+    for column in CLEAN_COLUMNS[task]:
+        if column not in fieldnames:
+            continue
+        last = None
+        for line, row in enumerate(rows, start=2):
+            value = _number(row.get(column), float, path, line, column)
+            last = value if value is not None else last
+        if last is not None:
+            return last, column
+    return None, None
+
+
+def read_robustness(path: Path, task: str) -> list[Measurement]:
+    """Measurements from one robustness.csv, read strictly; a setting measured twice keeps its
+    last row."""
+    if not path.is_file():
+        return []
+    try:
+        rows = read_rows(path)
+    except ResultsError as err:
+        raise ReportError(str(err)) from None
+    found: dict[tuple, Measurement] = {}
+    for row in rows:
+        metric = row.metric if row.metric != "accuracy" else CLEAN_METRIC[task]
+        measurement = Measurement(
+            attack=row.attack.strip().lower(),
+            norm=_NORMS.get(row.norm.strip().lower(), row.norm.strip()),
+            eps=row.eps,
+            steps=row.steps,
+            gradient=row.gradient.strip().lower(),
+            metric=metric,
+            value=row.accuracy,
+            n=row.n,
+        )
+        found[measurement.column] = measurement
+    return list(found.values())
+
+
+def robustness_files(folder: Path) -> list[Path]:
+    """Every robustness.csv of a run: its own, then one per attack run (``attacks/*/``),
+    oldest first, so that a setting measured twice keeps its newest value."""
+    files = [folder / "robustness.csv"] if (folder / "robustness.csv").is_file() else []
+    attacks = sorted((folder / "attacks").glob("*/robustness.csv"))
+    return files + sorted(attacks, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def read_run(folder: Path) -> tuple[Run | None, str | None]:
+    """One run folder, or (None, why it is not an sslr run)."""
+    identity, why = read_config(folder)
+    if identity is None:
+        return None, why
+    task = identity["task"]
+    clean, source = read_clean(folder / "metrics.csv", task)
+    measurements = []
+    if clean is not None:
+        measurements.append(Measurement(CLEAN, "", 0.0, None, "", CLEAN_METRIC[task], clean))
+    robust = robustness_files(folder)
+    merged: dict[tuple, Measurement] = {}
+    for path in robust:
+        merged |= {m.column: m for m in read_robustness(path, task)}
+    measurements += merged.values()
+    results = [p for p in (folder / "metrics.csv", *robust) if p.is_file()]
+    stamped = results or [folder / "config.yaml"]
+    run = Run(
+        path=folder,
+        measurements=tuple(measurements),
+        clean_source=source,
+        mtime=max(p.stat().st_mtime for p in stamped),
+        has_results=bool(results),
+        sources=tuple(str(p.relative_to(folder)) for p in robust),
+        **identity,
+    )
+    return run, None
+
+
+def select_newest(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
+    """One run per (task, dataset, backbone, bits, rule): the newest results; notes say which."""
+    by_key: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    chosen, notes = [], []
+    for same in by_key.values():
+        same.sort(key=lambda r: (r.has_results, r.mtime, str(r.path)), reverse=True)
+        newest = same[0]
+        chosen.append(newest)
+        if len(same) == 1:
+            continue
+        when = datetime.fromtimestamp(newest.mtime).strftime("%Y-%m-%d %H:%M:%S")
+        ignored = ", ".join(f"`{r.path}`" for r in same[1:])
+        differ = sorted(
+            {
+                k
+                for r in same[1:]
+                for k in newest.settings.keys() | r.settings.keys()
+                if newest.settings.get(k) != r.settings.get(k)
+            }
+        )
+        note = (
+            f"{group_title(newest.group)} · {newest.rule}: {len(same)} run folders; using the "
+            f"newest, `{newest.path}` (results of {when}), and ignoring {ignored}."
+        )
+        if differ:
+            shown = ", ".join(differ[:6]) + (", …" if len(differ) > 6 else "")
+            note += f" Their configs differ in {shown}."
+        notes.append(note)
+    return chosen, notes
