@@ -20,12 +20,15 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
+from sslr.checkpoints import load_checkpoint
 from sslr.errors import USER_ERRORS, UserError
+from sslr.run_folder import RunCSVLogger, child_name, resolve_ckpt_path, run_folder_of
 from sslr.trainer import SslrTrainer
 
 OTHER_COMMANDS = {
@@ -59,12 +62,27 @@ class SslrCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _name_loggers(config)
-        ckpt = config.get("ckpt_path")
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+        self._run_target = None
+        if "ckpt_path" not in config:
+            return
+        ckpt = resolve_ckpt_path(config.get("ckpt_path"), config.get("config") or [])
+        config["ckpt_path"] = ckpt
+        if ckpt and ckpt not in ("hpc", "registry") and not Path(ckpt).is_file():
             raise UserError(
                 f"Checkpoint {ckpt!r} does not exist: give the path of a .ckpt written by "
                 "`sslr fit` (runs/<name>/version_<k>/checkpoints/{best,last}.ckpt)"
             )
+        run = run_folder_of(ckpt) if ckpt and Path(ckpt).is_file() else None
+        if run is not None and not _explicit_csv_version(config):
+            self._run_target = (run, ckpt)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            # Raised by a class checking the values the config gave it: the user's to fix. A
+            # ValueError later, while the command runs, is a bug and keeps its traceback.
+            raise UserError(_argument_message(err)) from err
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -75,7 +93,28 @@ class SslrCLI(LightningCLI):
             name = getattr(first, "name", None) or "default"
             csv = CSVLogger(save_dir=trainer.default_root_dir or "runs", name=str(name))
             trainer.loggers = [csv, *trainer.loggers]
+        target = getattr(self, "_run_target", None)
+        if target is not None and trainer.loggers:
+            run, ckpt = target
+            if self.subcommand == "fit":  # a resume continues the run's own folder
+                step = int(load_checkpoint(ckpt, "--ckpt_path", mmap=True).get("global_step", 0))
+                logger = RunCSVLogger(run, keep_before_step=step)
+            else:
+                logger = RunCSVLogger(run / child_name(self.subcommand, ckpt))
+            others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
+            trainer.loggers = [logger, *others]
+        if trainer.loggers:
+            rank_zero_info(f"sslr {self.subcommand}: run folder {trainer.loggers[0].log_dir}")
         return trainer
+
+
+def _explicit_csv_version(config) -> bool:
+    """Whether the config puts its CSV logger in a named version (the grid's stages do)."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if hasattr(logger, "class_path") and _short(logger.class_path) == "CSVLogger":
+            return logger.init_args.get("version") is not None
+    return False
 
 
 def _short(class_path: str | None) -> str:
@@ -148,7 +187,7 @@ def main(args: list[str] | None = None) -> int:
 
         return getattr(importlib.import_module(module), func)(argv[1:])
     try:
-        run(argv)
+        cli = run(argv)
     except ArgumentError as err:
         return _fail(_argument_message(err))
     except USER_ERRORS as err:
@@ -157,6 +196,9 @@ def main(args: list[str] | None = None) -> int:
         return _fail(_argument_message(err))
     except SystemExit as exit_:  # --help, --print_config
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else _fail(exit_.code)
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None and trainer.loggers and trainer.is_global_zero:
+        print(f"sslr {cli.subcommand}: done; run folder {trainer.loggers[0].log_dir}")
     return 0
 
 
@@ -207,5 +249,7 @@ def _is_subclass(obj, base: type) -> bool:
 
 
 def _fail(message: str) -> int:
-    print(f"sslr: error: {message}", file=sys.stderr)
+    # Under DDP every process meets the same error: only rank 0 says it.
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+        print(f"sslr: error: {message}", file=sys.stderr)
     return 2

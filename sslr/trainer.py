@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from sslr import checkpoints
 from sslr.errors import UserError
 from sslr.hashing.suite import HashingSuiteConfig, run_hashing_suite
 from sslr.robustness import SuiteConfig, run_suite
@@ -15,7 +16,17 @@ from sslr.tasks.hashing import HashingTask
 
 
 class SslrTrainer(Trainer):
-    """Lightning's Trainer with ``attack``: the robustness suite as a subcommand."""
+    """Lightning's Trainer with ``attack``: the robustness suite as a subcommand.
+
+    Checkpoints are read without running code and written atomically
+    (:class:`sslr.checkpoints.SafeCheckpointIO`) unless a CheckpointIO plugin is given.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        connector = self._accelerator_connector
+        if not isinstance(getattr(connector, "checkpoint_io", None), CheckpointIO):
+            self.strategy.checkpoint_io = checkpoints.SafeCheckpointIO()
 
     def attack(
         self,
@@ -59,9 +70,15 @@ class SslrTrainer(Trainer):
         return run_suite(model, datamodule, config, loggers=self.loggers, out_dir=folder)
 
 
-def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = False) -> None:
-    """Load a Lightning checkpoint into ``model`` in place (rule and feedback state included)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
+def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = True) -> None:
+    """Load a Lightning checkpoint into ``model`` in place (rule and feedback state included).
+
+    The file is opened safely (:func:`sslr.checkpoints.load_checkpoint`) whatever
+    ``weights_only`` says, and must fit ``model`` (:func:`sslr.checkpoints.check_fits`).
+    """
+    del weights_only  # kept for callers; no checkpoint is ever opened unsafely
+    checkpoint = checkpoints.load_checkpoint(ckpt_path, "--ckpt_path")
+    checkpoints.check_fits(checkpoint, model, ckpt_path, "--ckpt_path")
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
 

@@ -195,11 +195,10 @@ def as_hashing_target(model) -> HashingTarget:
 
 def load_hashing_target(ckpt_path: str | Path, device: torch.device | str = "cpu"):
     """The target of a ``HashingTask`` checkpoint (e.g. the ``transfer`` surrogate)."""
+    from sslr.checkpoints import load_task
     from sslr.tasks.hashing import HashingTask
 
-    if not Path(ckpt_path).is_file():
-        raise ValueError(f"Checkpoint {str(ckpt_path)!r} does not exist")
-    task = HashingTask.load_from_checkpoint(ckpt_path, map_location=device)
+    task = load_task(HashingTask, ckpt_path, "surrogate_ckpt", map_location=device)
     return HashingTarget.from_task(task.eval())
 
 

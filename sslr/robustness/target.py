@@ -90,9 +90,8 @@ def as_target(model) -> AttackTarget:
 
 def load_target(ckpt_path: str | Path, device: torch.device | str = "cpu") -> AttackTarget:
     """The target of a ``ClassificationTask`` checkpoint (e.g. the ``transfer`` surrogate)."""
+    from sslr.checkpoints import load_task
     from sslr.tasks import ClassificationTask
 
-    if not Path(ckpt_path).is_file():
-        raise ValueError(f"Checkpoint {str(ckpt_path)!r} does not exist")
-    task = ClassificationTask.load_from_checkpoint(ckpt_path, map_location=device)
+    task = load_task(ClassificationTask, ckpt_path, "surrogate_ckpt", map_location=device)
     return AttackTarget.from_task(task.eval())

@@ -49,10 +49,13 @@ def test_fit_debug_writes_checkpoint_and_validate_reproduces_it():
     logged = last_metric(run, "val/acc")
 
     assert main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
-    assert last_metric(run_dir(version=1), "val/acc") == pytest.approx(logged, abs=1e-6)
+    assert last_metric(run / "validate-last", "val/acc") == pytest.approx(logged, abs=1e-6)
 
-    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
-    assert 0.0 <= last_metric(run_dir(version=2), "test/acc") <= 1.0
+    # `last` names the run's own last.ckpt; the test lands in the run's folder too.
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "last"]) == 0
+    assert 0.0 <= last_metric(run / "test-last", "test/acc") <= 1.0
+    assert not run_dir(version=1).exists()  # one run, one folder
+    assert last_metric(run, "val/acc") == logged  # the fit's own metrics are untouched
 
 
 def test_bp_learns_digits_and_usf_finetuning_keeps_accuracy():
