@@ -71,16 +71,22 @@ def load_checkpoint(
         )
     if file.stat().st_size == 0:
         raise CheckpointError(f"{where} is empty (0 bytes): an interrupted copy? Copy it again")
+    if kwargs.get("mmap") and not zipfile.is_zipfile(file):
+        kwargs.pop("mmap")  # torch maps only its zip format; anything else is read and refused
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(file, map_location=map_location, weights_only=True, **kwargs)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{where} is {_refusal(err)}") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{where} is truncated or not a torch checkpoint ({first}): copy it again or give "
-            "a .ckpt written by `sslr fit`"
+            f"{where} is truncated or not a torch checkpoint ({_first_line(err)}): copy it again "
+            "or give a .ckpt written by `sslr fit`"
+        ) from err
+    except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways
+        raise CheckpointError(
+            f"{where} is not a torch checkpoint ({type(err).__name__}: {_first_line(err)}): "
+            "give a .ckpt written by `sslr fit`"
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(
@@ -88,6 +94,11 @@ def load_checkpoint(
             "written by `sslr fit`"
         )
     return obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _refusal(err: pickle.UnpicklingError) -> str:
@@ -181,6 +192,29 @@ def check_fits(checkpoint: dict, model, path=None, what: str = "--ckpt_path") ->
         )
 
 
+def check_config_fits(checkpoint: dict, model_config, path) -> None:
+    """The early, cheap form of :func:`check_fits`: against the parsed ``model`` config, before
+    any class is built (class count is linked from the data, so it is checked later)."""
+    if model_config is None or not hasattr(model_config, "get"):
+        return
+    saved = checkpoint.get("hyper_parameters") or {}
+    wanted = str(model_config.get("class_path") or "").rsplit(".", 1)[-1]
+    init = model_config.get("init_args") or {}
+    diffs = []
+    written = _written_class(checkpoint)
+    if written and wanted and written != wanted:
+        diffs.append(f"task {written} (config: {wanted})")
+    for key in ("backbone", "bits", "small_input"):
+        if key in saved and init.get(key) is not None and saved[key] != init.get(key):
+            diffs.append(f"{key} {saved[key]!r} (config: {init.get(key)!r})")
+    if diffs:
+        raise CheckpointError(
+            f"--ckpt_path {str(path)!r} does not fit the config: {'; '.join(diffs)}. Give a "
+            "checkpoint of a run with this config, or that run's own config "
+            "(--config <run>/config.yaml)"
+        )
+
+
 def _written_class(checkpoint: dict) -> str:
     hparams = checkpoint.get("hyper_parameters") or {}
     return str(hparams.get("_class_path") or "").rsplit(".", 1)[-1]
@@ -199,4 +233,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None):
         # weights_only=False from a caller is ignored on purpose: no checkpoint runs code.
         location = map_location if map_location is not None else (lambda storage, _: storage)
-        return load_checkpoint(path, "--ckpt_path", map_location=location)
+        checkpoint = load_checkpoint(path, "--ckpt_path", map_location=location)
+        require_lightning(checkpoint, path)
+        return checkpoint
+
+
+def require_lightning(checkpoint: dict, path, what: str = "--ckpt_path") -> None:
+    """Stop unless ``checkpoint`` is a Lightning checkpoint (a plain state dict is not)."""
+    if "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"{what} {str(path)!r} is not a checkpoint written by `sslr fit` (no state_dict or "
+            "Lightning version in it); a plain state dict can start a run as "
+            "--model.init_args.pretrained_ckpt"
+        )

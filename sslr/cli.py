@@ -26,7 +26,7 @@ import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
-from sslr.checkpoints import load_checkpoint
+from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
 from sslr.run_folder import RunCSVLogger, child_name, resolve_ckpt_path, run_folder_of
 from sslr.trainer import SslrTrainer
@@ -59,22 +59,38 @@ class SslrCLI(LightningCLI):
         for key in ("num_classes", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        _name_loggers(config)
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last|best`` and check the file fits the config, safely.
+
+        Lightning's version of this method replaces the configured model by the checkpoint's
+        hyperparameters, silently (a hashing checkpoint turned a classification config into a
+        HashingTask); sslr keeps the config and stops when the checkpoint does not fit it.
+        """
         self._run_target = None
-        if "ckpt_path" not in config:
+        subcommand = self.config.get("subcommand")
+        if not subcommand or "ckpt_path" not in self.config[subcommand]:
             return
+        config = self.config[subcommand]
         ckpt = resolve_ckpt_path(config.get("ckpt_path"), config.get("config") or [])
         config["ckpt_path"] = ckpt
-        if ckpt and ckpt not in ("hpc", "registry") and not Path(ckpt).is_file():
+        if not ckpt or ckpt in ("hpc", "registry"):
+            return
+        if not Path(ckpt).is_file():
             raise UserError(
                 f"Checkpoint {ckpt!r} does not exist: give the path of a .ckpt written by "
                 "`sslr fit` (runs/<name>/version_<k>/checkpoints/{best,last}.ckpt)"
             )
-        run = run_folder_of(ckpt) if ckpt and Path(ckpt).is_file() else None
+        checkpoint = load_checkpoint(ckpt, "--ckpt_path", mmap=True)
+        require_lightning(checkpoint, ckpt)
+        check_config_fits(checkpoint, config.get("model"), ckpt)
+        self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+        run = run_folder_of(ckpt)
         if run is not None and not _explicit_csv_version(config):
             self._run_target = (run, ckpt)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _name_loggers(config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -97,8 +113,7 @@ class SslrCLI(LightningCLI):
         if target is not None and trainer.loggers:
             run, ckpt = target
             if self.subcommand == "fit":  # a resume continues the run's own folder
-                step = int(load_checkpoint(ckpt, "--ckpt_path", mmap=True).get("global_step", 0))
-                logger = RunCSVLogger(run, keep_before_step=step)
+                logger = RunCSVLogger(run, keep_before_step=self._ckpt_step)
             else:
                 logger = RunCSVLogger(run / child_name(self.subcommand, ckpt))
             others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]

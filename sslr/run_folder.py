@@ -47,13 +47,13 @@ def resolve_ckpt_path(value: str | None, config_files: list) -> str | None:
     runs = [run for run in runs if (run / "checkpoints").is_dir()]
     if not runs:
         raise UserError(
-            f"--ckpt_path {value}: no run folder to take it from; give the run's own config "
+            f"Checkpoint {value!r} (--ckpt_path {value}): no run folder to take it from; give the run's own config "
             f"(--config runs/<name>/version_<k>/config.yaml) or the checkpoint's path"
         )
     ckpt = runs[-1] / "checkpoints" / f"{value}.ckpt"
     if not ckpt.is_file():
         raise UserError(
-            f"--ckpt_path {value}: the run {runs[-1]} has no {ckpt.name} (it never finished an "
+            f"Checkpoint {value!r} (--ckpt_path {value}): the run {runs[-1]} has no {ckpt.name} (it never finished an "
             "epoch): start it again without --ckpt_path"
         )
     return str(ckpt)
