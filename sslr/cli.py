@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -91,6 +92,7 @@ class SslrCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _name_loggers(config)
+        _check_trainer_limits(config.get("trainer") or {})
 
     def instantiate_classes(self) -> None:
         try:
@@ -101,7 +103,13 @@ class SslrCLI(LightningCLI):
             raise UserError(_argument_message(err)) from err
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # Lightning's word for a bad trainer option
+            raise UserError(
+                f"trainer: {_first_line(err)} (see `sslr {self.subcommand} --help`)"
+            ) from err
+
         # A CSV logger always runs (first, so the run folder is its log_dir): every metric is
         # in the run folder whatever else is logged to.
         if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
@@ -119,8 +127,86 @@ class SslrCLI(LightningCLI):
             others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
             trainer.loggers = [logger, *others]
         if trainer.loggers:
-            rank_zero_info(f"sslr {self.subcommand}: run folder {trainer.loggers[0].log_dir}")
+            folder = trainer.loggers[0].log_dir
+            _check_writable(Path(folder))
+            rank_zero_info(f"sslr {self.subcommand}: run folder {folder}")
         return trainer
+
+
+_LIMITS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+)
+
+
+def _check_trainer_limits(trainer) -> None:
+    """Options Lightning checks only once training has started (after writing the run folder)."""
+    for key in _LIMITS:
+        value = trainer.get(key)
+        if value is not None and not value >= 0:
+            raise UserError(
+                f"trainer.{key} must be a fraction in [0, 1] or a number of batches >= 0, got "
+                f"{value}: leave it out to use every batch"
+            )
+
+
+def _check_writable(folder: Path) -> None:
+    """Stop before any work when the run folder cannot be made (a file in the way, read-only)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"Cannot write the run folder {folder}: {existing} is not a writable folder; give "
+            "--trainer.logger.save_dir a folder you can write to"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """--config files that are missing, empty or not YAML, named in one line (jsonargparse
+    reports a syntax error without the file's name and an empty file as "Unexpected config")."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if "\n" in value or ":" in value and not path.exists():  # inline YAML, not a file
+            continue
+        if not path.is_file():
+            raise UserError(f"Config file {value} does not exist: give the path of a .yaml file")
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or _first_line(err)
+            raise UserError(
+                f"Config file {value} is not valid YAML{where} ({problem}): fix that line"
+            ) from err
+        except UnicodeDecodeError as err:
+            raise UserError(f"Config file {value} is not a text file: give a .yaml config") from err
+        if content is None:
+            raise UserError(
+                f"Config file {value} is empty: a config sets at least model and data "
+                "(see configs/quickstart.yaml)"
+            )
+        if not isinstance(content, dict):
+            raise UserError(
+                f"Config file {value} holds a {type(content).__name__}, not a mapping of options "
+                "(see configs/quickstart.yaml)"
+            )
 
 
 def _explicit_csv_version(config) -> bool:
@@ -202,6 +288,7 @@ def main(args: list[str] | None = None) -> int:
 
         return getattr(importlib.import_module(module), func)(argv[1:])
     try:
+        _check_config_files(argv)
         cli = run(argv)
     except ArgumentError as err:
         return _fail(_argument_message(err))

@@ -13,7 +13,11 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UserError]
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    # Lightning's own word for a bad option, raised once the run has started (after the CLI's
+    # checks): the user's to fix.
+    errors: list[type[BaseException]] = [UserError, MisconfigurationException]
     from sslr.data.errors import DataError  # datasets absent offline, malformed list files
 
     errors.append(DataError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,9 +117,13 @@ def test_nonfinite_loss_stops_with_message_and_keeps_last_good_checkpoint(capsys
     args += ["--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "1e12"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("sslr: error: Non-finite training loss")
+    assert err.startswith("sslr: error: Non-finite"), err
     assert "rule usf" in err and "at step" in err
+    # The checkpoint it names as the last good one is one, and is the run's last.ckpt.
+    named = re.search(r"last good checkpoint \(all tensors finite\) is (\S+?)\.? ", err)
+    assert named, err
     last = run_dir("resnet18_usf") / "checkpoints" / "last.ckpt"
+    assert Path(named.group(1)).resolve() == last.resolve()
     state = network_state(last)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
