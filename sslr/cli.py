@@ -106,9 +106,10 @@ class SslrCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:  # Lightning's word for a bad trainer option
-            raise UserError(
-                f"trainer: {_first_line(err)} (see `sslr {self.subcommand} --help`)"
-            ) from err
+            message = _first_line(err)
+            if "backend" in message or "accelerator" in message.lower():
+                message += " Use --trainer.accelerator cpu (or auto) on a machine without it."
+            raise UserError(f"trainer: {message} (see `sslr {self.subcommand} --help`)") from err
 
         # A CSV logger always runs (first, so the run folder is its log_dir): every metric is
         # in the run folder whatever else is logged to.
