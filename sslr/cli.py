@@ -101,6 +101,12 @@ class SslrCLI(LightningCLI):
             # Raised by a class checking the values the config gave it: the user's to fix. A
             # ValueError later, while the command runs, is a bug and keeps its traceback.
             raise UserError(_argument_message(err)) from err
+        # A fresh fit's pretrained weights, loaded now: a bad pretrained_ckpt stops the command
+        # before the run folder is written (the task would otherwise load them in setup).
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        load = getattr(self.model, "load_pretrained_weights", None)
+        if self.subcommand == "fit" and not config.get("ckpt_path") and load is not None:
+            load()
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -296,7 +302,7 @@ def main(args: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("SSLR_DEBUG"):
             raise
-        return _fail(_argument_message(err))
+        return _fail(" ".join(str(err).split()) or type(err).__name__)
     except SystemExit as exit_:  # --help, --print_config
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else _fail(exit_.code)
     trainer = getattr(cli, "trainer", None)
