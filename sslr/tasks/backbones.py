@@ -88,16 +88,17 @@ def torchvision_state_dict(backbone: str, weights: str) -> dict[str, torch.Tenso
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
     if not cache.is_file():
         try:
-            return enum.get_state_dict(progress=False, check_hash=False)
+            # Downloaded to torchvision's own cache path, then opened like any checkpoint
+            # (torchvision's loader would unpickle it without restriction).
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(enum.url, str(cache), progress=False)
         except OSError as err:  # urllib's URLError and HTTPError are OSErrors: offline
             raise PretrainedWeightsError(
                 f"Could not download {backbone} weights {weights} ({err}): they are not in the "
                 f"cache at {cache}; copy the file there, or pass model.init_args.pretrained_ckpt "
                 "with a local checkpoint, or set weights to null"
             ) from err
-    # A cached file is opened like any other checkpoint: safely, with a line naming it if bad.
-    state = load_checkpoint(cache, f"cached {backbone} weights {weights}")
-    return state
+    return load_checkpoint(cache, f"cached {backbone} weights {weights}")
 
 
 def checkpoint_state_dict(
