@@ -111,9 +111,12 @@ def _refusal(err: pickle.UnpicklingError) -> str:
             "sslr never writes; do not open it with a plain torch.load either"
         )
     if "Weights only load failed" in text:
-        reason = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("WeightsUnp")]
-        detail = reason[0].split(":", 1)[-1].strip() if reason else "it is not plain data"
-        return f"not a checkpoint sslr can read safely: {detail}"
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|Check the|$)", text, re.S)
+        detail = " ".join(found.group(1).split()) if found else "unknown"
+        return (
+            f"not a checkpoint sslr can read safely: it is not plain tensors and numbers "
+            f"({detail}); give a .ckpt written by `sslr fit`"
+        )
     first = text.strip().splitlines()[0] if text.strip() else "unreadable pickle"
     return f"not a torch checkpoint ({first}): give a .ckpt written by `sslr fit`"
 
