@@ -169,6 +169,10 @@ class FeedbackTask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.raise_if_nonfinite(checkpoint.get("state_dict", {}))
+            # metrics.csv holds every row up to the checkpoint: after a kill -9, a resume from
+            # it loses no logged row (the CSV logger would otherwise flush every 100 steps).
+            for logger in self.trainer.loggers:
+                logger.save()
         checkpoint["sslr_rule"] = self.rule
         checkpoint["sslr_rng"] = torch.get_rng_state()
 
