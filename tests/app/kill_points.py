@@ -45,22 +45,17 @@ def install(point: str) -> None:
 
         sslr.checkpoints.torch = _Torch(save)
     elif kind == "step":
-        from lightning.pytorch import Callback
+        # Wrapping a hook of the task (not the Trainer's __init__, whose signature the CLI reads).
+        from sslr.tasks.base import FeedbackTask
 
-        import sslr.trainer
+        original = FeedbackTask.on_train_batch_end
 
-        class _KillAtStep(Callback):
-            def on_train_batch_end(self, trainer, *args) -> None:
-                if trainer.global_step == n:
-                    _die()
+        def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+            original(self, outputs, batch, batch_idx)
+            if self.trainer.global_step == n:
+                _die()
 
-        original = sslr.trainer.SslrTrainer.__init__
-
-        def __init__(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            self.callbacks.append(_KillAtStep())
-
-        sslr.trainer.SslrTrainer.__init__ = __init__
+        FeedbackTask.on_train_batch_end = on_train_batch_end
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
