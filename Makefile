@@ -21,6 +21,11 @@ install: $(VENV)/.installed  ## create .venv with torch, torchvision and sslr (e
 test: install  ## run the test suite (CPU; excludes slow and gpu tests)
 	$(PY) -m pytest -q
 
+test-fresh:  ## run `make test` in a fresh clone of the committed HEAD (a temp folder), as CI does
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git clone -q "$(CURDIR)" "$$tmp/sslr" && echo "make test-fresh: clone of $$(git rev-parse --short HEAD) in $$tmp/sslr" && \
+	$(MAKE) -C "$$tmp/sslr" test VENV=.venv
+
 test-slow: install  ## run the slow tests too
 	$(PY) -m pytest -q -m "not gpu"
 
@@ -44,4 +49,4 @@ bench: install  ## run every benchmark (small sizes on the CPU, full sizes on CU
 demo: install  ## the main job on embedded data (Digits, CPU): BP pretraining, then bp and usf fine-tuning
 	$(PY) -m sslr.demo
 
-.PHONY: help install test test-slow test-gpu lint format bench demo
+.PHONY: help install test test-fresh test-slow test-gpu lint format bench demo

@@ -64,25 +64,27 @@ class RetiredHashingOptions:
                 )
 
 
-def load_weights(model, ckpt_path: str, weights_only: bool = False) -> None:
+def load_weights(model, ckpt_path: str, weights_only: bool = True) -> None:
     """Load a Lightning checkpoint into ``model`` in place, rule and feedback state included
-    (the one place this command opens the attacked checkpoint)."""
-    import torch
+    (the one place this command opens the attacked checkpoint). The file is opened safely and
+    must fit ``model`` whatever ``weights_only`` says (kept for callers)."""
+    from sslr import checkpoints
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
+    del weights_only  # no checkpoint is ever opened unsafely
+    checkpoint = checkpoints.load_checkpoint(ckpt_path, "--ckpt_path")
+    checkpoints.check_fits(checkpoint, model, ckpt_path, "--ckpt_path")
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
 
 
 def load_surrogate(model, ckpt_path: str, device):
     """The ``transfer`` surrogate: a model of ``model``'s task from ``ckpt_path``, in eval
-    mode on ``device``."""
+    mode on ``device`` (opened safely; another task's checkpoint stops with one line)."""
+    from sslr.checkpoints import load_task
     from sslr.tasks import ClassificationTask, HashingTask
 
-    if not Path(ckpt_path).is_file():
-        raise UserError(f"Surrogate checkpoint {str(ckpt_path)!r} does not exist")
     kind = HashingTask if isinstance(model, HashingTask) else ClassificationTask
-    return kind.load_from_checkpoint(ckpt_path, map_location=device).eval()
+    return load_task(kind, ckpt_path, "--suite.surrogate_ckpt", map_location=device).eval()
 
 
 def attack_folder(run_dir: Path, ckpt_path: str, settings: dict) -> Path:
@@ -110,7 +112,7 @@ def attack_checkpoint(
     loggers: Iterable = (),
     run_dir: Path | None = None,
     out_dir: str | Path | None = None,
-    weights_only: bool = False,
+    weights_only: bool = True,
     say: Callable[[str], None] = print,
     result: SuiteResult | None = None,
 ) -> list[RobustnessRow]:

@@ -18,18 +18,22 @@ from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 from jsonargparse import ArgumentError, DefaultHelpFormatter, set_parsing_settings
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
+from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
 from sslr.loggers import fill_wandb_args, wire_wandb
 from sslr.packaged import resolve_config_args
 from sslr.quiet import quiet_third_party
+from sslr.run_folder import RunCSVLogger, child_name, resolve_ckpt_path, run_folder_of
 from sslr.trainer import SslrTrainer
 
 OTHER_COMMANDS = {
@@ -61,18 +65,63 @@ class SslrCLI(LightningCLI):
         for key in ("num_classes", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        _name_loggers(config, self.subcommand or "fit")
-        ckpt = config.get("ckpt_path")
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last|best`` and check the file fits the config, safely.
+
+        Lightning's version of this method replaces the configured model by the checkpoint's
+        hyperparameters, silently (a hashing checkpoint turned a classification config into a
+        HashingTask); sslr keeps the config and stops when the checkpoint does not fit it.
+        """
+        self._run_target = None
+        subcommand = self.config.get("subcommand")
+        if not subcommand or "ckpt_path" not in self.config[subcommand]:
+            return
+        config = self.config[subcommand]
+        ckpt = resolve_ckpt_path(config.get("ckpt_path"), config.get("config") or [])
+        config["ckpt_path"] = ckpt
+        if not ckpt or ckpt in ("hpc", "registry"):
+            return
+        if not Path(ckpt).is_file():
             raise UserError(
                 f"Checkpoint {ckpt!r} does not exist: give the path of a .ckpt written by "
                 "`sslr fit` (runs/<name>/version_<k>/checkpoints/{best,last}.ckpt)"
             )
+        checkpoint = load_checkpoint(ckpt, "--ckpt_path", mmap=True)
+        require_lightning(checkpoint, ckpt)
+        check_config_fits(checkpoint, config.get("model"), ckpt)
+        self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+        run = run_folder_of(ckpt)
+        if run is not None and not _explicit_csv_version(config):
+            self._run_target = (run, ckpt)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _name_loggers(config, self.subcommand or "fit")
+        _check_trainer_limits(config.get("trainer") or {})
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            # Raised by a class checking the values the config gave it: the user's to fix. A
+            # ValueError later, while the command runs, is a bug and keeps its traceback.
+            raise UserError(_argument_message(err)) from err
+        # A fresh fit's pretrained weights, loaded now: a bad pretrained_ckpt stops the command
+        # before the run folder is written (the task would otherwise load them in setup).
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        load = getattr(self.model, "load_pretrained_weights", None)
+        if self.subcommand == "fit" and not config.get("ckpt_path") and load is not None:
+            load()
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # Lightning's word for a bad trainer option
+            message = _first_line(err)
+            if "backend" in message or "accelerator" in message.lower():
+                message += " Use --trainer.accelerator cpu (or auto) on a machine without it."
+            raise UserError(f"trainer: {message} (see `sslr {self.subcommand} --help`)") from err
+
         # A CSV logger always runs (first, so the run folder is its log_dir): every metric is
         # in the run folder whatever else is logged to.
         if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
@@ -80,9 +129,107 @@ class SslrCLI(LightningCLI):
             name = getattr(first, "name", None) or "default"
             csv = CSVLogger(save_dir=trainer.default_root_dir or "runs", name=str(name))
             trainer.loggers = [csv, *trainer.loggers]
+        target = getattr(self, "_run_target", None)
+        if target is not None and trainer.loggers:
+            run, ckpt = target
+            if self.subcommand == "fit":  # a resume continues the run's own folder
+                logger = RunCSVLogger(run, keep_before_step=self._ckpt_step)
+            else:
+                logger = RunCSVLogger(run / child_name(self.subcommand, ckpt))
+            others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
+            trainer.loggers = [logger, *others]
+        if trainer.loggers:
+            folder = trainer.loggers[0].log_dir
+            _check_writable(Path(folder))
+            rank_zero_info(f"sslr {self.subcommand}: run folder {folder}")
         wire_wandb(trainer, self.config[self.subcommand] if self.subcommand else self.config,
                    self.subcommand or "fit")  # fmt: skip
         return trainer
+
+
+_LIMITS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+)
+
+
+def _check_trainer_limits(trainer) -> None:
+    """Options Lightning checks only once training has started (after writing the run folder)."""
+    for key in _LIMITS:
+        value = trainer.get(key)
+        if value is not None and not value >= 0:
+            raise UserError(
+                f"trainer.{key} must be a fraction in [0, 1] or a number of batches >= 0, got "
+                f"{value}: leave it out to use every batch"
+            )
+
+
+def _check_writable(folder: Path) -> None:
+    """Stop before any work when the run folder cannot be made (a file in the way, read-only)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"Cannot write the run folder {folder}: {existing} is not a writable folder; give "
+            "--trainer.logger.save_dir a folder you can write to"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """--config files that are missing, empty or not YAML, named in one line (jsonargparse
+    reports a syntax error without the file's name and an empty file as "Unexpected config")."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if "\n" in value or ":" in value and not path.exists():  # inline YAML, not a file
+            continue
+        if not path.is_file():
+            raise UserError(f"Config file {value} does not exist: give the path of a .yaml file")
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or _first_line(err)
+            raise UserError(
+                f"Config file {value} is not valid YAML{where} ({problem}): fix that line"
+            ) from err
+        except UnicodeDecodeError as err:
+            raise UserError(f"Config file {value} is not a text file: give a .yaml config") from err
+        if content is None:
+            raise UserError(
+                f"Config file {value} is empty: a config sets at least model and data "
+                "(see configs/quickstart.yaml)"
+            )
+        if not isinstance(content, dict):
+            raise UserError(
+                f"Config file {value} holds a {type(content).__name__}, not a mapping of options "
+                "(see configs/quickstart.yaml)"
+            )
+
+
+def _explicit_csv_version(config) -> bool:
+    """Whether the config puts its CSV logger in a named version (the grid's stages do)."""
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if hasattr(logger, "class_path") and _short(logger.class_path) == "CSVLogger":
+            return logger.init_args.get("version") is not None
+    return False
 
 
 def _short(class_path: str | None) -> str:
@@ -186,15 +333,19 @@ def main(args: list[str] | None = None) -> int:
 
         return getattr(importlib.import_module(module), func)(argv[1:])
     try:
-        run(argv)
+        _check_config_files(argv)
+        cli = run(argv)
     except ArgumentError as err:
         return _fail(_argument_message(err))
     except USER_ERRORS as err:
         if os.environ.get("SSLR_DEBUG"):
             raise
-        return _fail(_argument_message(err))
+        return _fail(" ".join(str(err).split()) or type(err).__name__)
     except SystemExit as exit_:  # --help, --print_config
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else _fail(exit_.code)
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None and trainer.loggers and trainer.is_global_zero:
+        print(f"sslr {cli.subcommand}: done; run folder {trainer.loggers[0].log_dir}")
     return 0
 
 
@@ -245,5 +396,7 @@ def _is_subclass(obj, base: type) -> bool:
 
 
 def _fail(message: str) -> int:
-    print(f"sslr: error: {message}", file=sys.stderr)
+    # Under DDP every process meets the same error: only rank 0 says it.
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+        print(f"sslr: error: {message}", file=sys.stderr)
     return 2

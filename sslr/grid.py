@@ -661,9 +661,9 @@ def _keep_metrics(folder: Path, last: Path):
     path = folder / "metrics.csv"
     old = _read_rows(path)
     if old:
-        import torch
+        from sslr.checkpoints import load_checkpoint
 
-        step = torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        step = load_checkpoint(last, "last.ckpt", mmap=True)["global_step"]
         old = [row for row in old if _float(row.get("step")) < step]
     try:
         yield

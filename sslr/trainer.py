@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from sslr.attack_run import RetiredHashingOptions, attack_checkpoint
+from sslr import checkpoints
+from sslr.attack_run import RetiredHashingOptions, attack_checkpoint, load_weights
 from sslr.errors import UserError
 from sslr.robustness import SuiteConfig
 
 
 class SslrTrainer(Trainer):
-    """Lightning's Trainer with ``attack``: the robustness suite as a subcommand."""
+    """Lightning's Trainer with ``attack``: the robustness suite as a subcommand.
+
+    Checkpoints are read without running code and written atomically
+    (:class:`sslr.checkpoints.SafeCheckpointIO`) unless a CheckpointIO plugin is given.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        connector = self._accelerator_connector
+        if not isinstance(getattr(connector, "checkpoint_io", None), CheckpointIO):
+            self.strategy.checkpoint_io = checkpoints.SafeCheckpointIO()
 
     def attack(
         self,
@@ -39,8 +50,8 @@ class SslrTrainer(Trainer):
                 for either task.
             hashing: retired (``--hashing.*`` now fails, naming the ``--suite`` key to use).
             out_dir: write the CSV, PNG and suite.yaml here instead.
-            weights_only: passed to ``torch.load`` (default: False, a checkpoint sslr wrote);
-                accepted so a run's saved fit config works as ``--config`` here.
+            weights_only: ignored (every checkpoint is opened safely); accepted so a run's
+                saved fit config works as ``--config`` here.
         """
         if hashing is not None and not isinstance(hashing, RetiredHashingOptions):
             given = hashing.as_dict() if hasattr(hashing, "as_dict") else dict(hashing)
@@ -64,11 +75,10 @@ class SslrTrainer(Trainer):
         )
 
 
-def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = False) -> None:
-    """Load a Lightning checkpoint into ``model`` in place (rule and feedback state included)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+def load_checkpoint(model: LightningModule, ckpt_path: str, weights_only: bool = True) -> None:
+    """Load a Lightning checkpoint into ``model`` in place (rule and feedback state included),
+    opened safely and checked to fit ``model`` (:func:`sslr.attack_run.load_weights`)."""
+    load_weights(model, ckpt_path, weights_only)
 
 
 def run_folder(ckpt_path: str) -> Path:

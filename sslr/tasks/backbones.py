@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from sslr.checkpoints import load_checkpoint
 from sslr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,33 +86,42 @@ def torchvision_state_dict(backbone: str, weights: str) -> dict[str, torch.Tenso
             f"Unknown weights {weights!r} for {backbone}: known are {', '.join(known)}"
         ) from None
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
-    try:
-        return enum.get_state_dict(progress=False, check_hash=False)
-    except Exception as err:  # urllib/HTTP/OS errors when offline
-        raise PretrainedWeightsError(
-            f"Could not load {backbone} weights {weights} ({type(err).__name__}): not in the cache "
-            f"at {cache} and no download possible; copy the file there, or pass "
-            "model.init_args.pretrained_ckpt with a local checkpoint, or set weights to null"
-        ) from None
+    if not cache.is_file():
+        try:
+            # Downloaded to torchvision's own cache path, then opened like any checkpoint
+            # (torchvision's loader would unpickle it without restriction).
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(enum.url, str(cache), progress=False)
+        except OSError as err:  # urllib's URLError and HTTPError are OSErrors: offline
+            raise PretrainedWeightsError(
+                f"Could not download {backbone} weights {weights} ({err}): they are not in the "
+                f"cache at {cache}; copy the file there, or pass model.init_args.pretrained_ckpt "
+                "with a local checkpoint, or set weights to null"
+            ) from err
+    return load_checkpoint(cache, f"cached {backbone} weights {weights}")
 
 
-def checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network's state from an sslr checkpoint or a plain state dict (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
+def checkpoint_state_dict(
+    path: str | os.PathLike, task: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The network's state from an sslr checkpoint or a plain state dict, opened safely.
+
+    ``task``, the class name of the task loading it, refuses a checkpoint of another task.
+    """
+    what = "pretrained_ckpt"
+    obj = load_checkpoint(path, what)
+    written = str((obj.get("hyper_parameters") or {}).get("_class_path") or "").rsplit(".", 1)[-1]
+    if task and written and written != task:
         raise PretrainedWeightsError(
-            f"pretrained_ckpt {str(path)!r} does not exist: give the path of a .ckpt written by "
-            "`sslr fit` (runs/<name>/version_<k>/checkpoints/last.ckpt) or of a saved state dict"
+            f"{what} {str(path)!r} is a {written} checkpoint, not a {task}: start from a "
+            f"checkpoint of a {task} run (or a plain state dict of the backbone)"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    state = obj.get("state_dict", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedWeightsError(
-            f"pretrained_ckpt {str(path)!r} could not be read as a weights-only checkpoint: {err}"
-        ) from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise PretrainedWeightsError(f"pretrained_ckpt {str(path)!r} holds no state dict")
+            f"{what} {str(path)!r} holds no state dict: give a .ckpt written by `sslr fit` or a "
+            "saved state dict"
+        )
     if any(k.startswith("network.") for k in state):  # an sslr task checkpoint
         state = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
     return state
@@ -134,12 +144,41 @@ def load_pretrained(network: nn.Module, state: dict[str, torch.Tensor]) -> list[
             f"The pretrained state does not fit this network: {len(missing)} entries missing "
             f"(first: {missing[0]}); check that backbone and small_input match the pretrained run"
         )
+    extra = sorted(set(state) - set(own) - _feedback_buffers(network))
+    extra = [name for name in extra if not _is_feedback_name(name)]
+    if extra:
+        raise PretrainedWeightsError(
+            f"The pretrained state does not fit this network: {len(extra)} entries it does not "
+            f"have (first: {extra[0]}); it is of another backbone: check model.backbone"
+        )
     skipped = sorted(name for name in params if state[name].shape != own[name].shape)
+    allowed = _replaceable(network)
+    wrong = [name for name in skipped if name.rsplit(".", 1)[0] not in allowed]
+    if wrong:
+        raise PretrainedWeightsError(
+            f"The pretrained state does not fit this network: {len(wrong)} tensors of another "
+            f"shape (first: {wrong[0]}: {tuple(state[wrong[0]].shape)} vs "
+            f"{tuple(own[wrong[0]].shape)}); it is of another backbone: check model.backbone"
+        )
     load = {name: state[name] for name in params if name not in skipped}
     network.load_state_dict(load, strict=False)
     if skipped:
-        log.info("pretrained: kept fresh initialization for %s (shape differs)", ", ".join(skipped))
+        log.warning(
+            "pretrained: kept fresh initialization for %s (shape differs: a new head or stem)",
+            ", ".join(skipped),
+        )
     return skipped
+
+
+def _replaceable(network: nn.Module) -> set[str]:
+    """Modules a pretrained state may not fit on purpose: the head (another class count or bit
+    width) and a ResNet's stem replaced by ``small_input``."""
+    return {head_name(network), "conv1"}
+
+
+def _is_feedback_name(name: str) -> bool:
+    # Feedback state saved by a rule other than the network's (a usf run loaded into bp).
+    return name.rsplit(".", 1)[-1].startswith("feedback_")
 
 
 def _feedback_buffers(network: nn.Module) -> set[str]:

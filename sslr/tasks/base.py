@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from sslr.checkpoints import check_fits
 from sslr.errors import UserError
 from sslr.feedback import convert_model, feedback_layers, list_rules, list_scales, set_rule
 from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
@@ -87,7 +88,7 @@ class FeedbackTask(LightningModule):
         hp = self.hparams
         self._pretrained_done = True
         if hp.get("pretrained_ckpt"):
-            state = checkpoint_state_dict(hp.pretrained_ckpt)
+            state = checkpoint_state_dict(hp.pretrained_ckpt, type(self).__name__)
             source = hp.pretrained_ckpt
         elif hp.get("weights"):
             state = torchvision_state_dict(hp.backbone, hp.weights)
@@ -115,19 +116,63 @@ class FeedbackTask(LightningModule):
     # --- training guard -----------------------------------------------------------------
 
     def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            last = [c for c in self.trainer.checkpoint_callbacks if c.filename == "last"]
-            ckpt = (last[0].best_model_path if last else "") or "none yet"
-            raise NonFiniteLossError(
-                f"Non-finite training loss ({loss.item()}) at step {self.global_step} "
-                f"(epoch {self.current_epoch}) with rule {self.rule} (scale "
-                f"{self.hparams.scale}); the run stopped before applying it, the last good "
-                f"checkpoint is {ckpt}. Lower the learning rate or use scale xavier/meanabs."
+        """Note on the device the first step whose loss is not finite; no host sync here.
+
+        The run stops at the next natural sync (a logging step, the end of the epoch, or a
+        checkpoint about to be written: :meth:`raise_if_nonfinite`), so a non-finite state is
+        never saved and the last checkpoint written is a good one.
+        """
+        bad = ~torch.isfinite(loss.detach()).all()
+        if getattr(self, "_bad_step", None) is None or self._bad_step.device != loss.device:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_epoch = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.global_step, self._bad_step)
+        self._bad_epoch = torch.where(first, self.current_epoch, self._bad_epoch)
+        self._bad_loss = torch.where(first, loss.detach().reshape(()), self._bad_loss)
+
+    def raise_if_nonfinite(self, state: dict | None = None) -> None:
+        """Stop with one line if a loss was non-finite (or, given ``state``, a tensor is)."""
+        step = int(self._bad_step) if getattr(self, "_bad_step", None) is not None else -1
+        tensors = [] if state is None else [k for k, v in state.items() if not _finite(v)]
+        if step < 0 and not tensors:
+            return
+        last = [c for c in self.trainer.checkpoint_callbacks if c.filename == "last"]
+        ckpt = (last[0].best_model_path if last else "") or "none yet"
+        if step >= 0:
+            what = (
+                f"Non-finite training loss ({float(self._bad_loss)}) at step {step} "
+                f"(epoch {int(self._bad_epoch)})"
             )
+        else:
+            what = (
+                f"Non-finite weights at step {self.global_step} ({len(tensors)} tensors, first: "
+                f"{tensors[0]})"
+            )
+        raise NonFiniteLossError(
+            f"{what} with rule {self.rule} (scale {self.hparams.scale}); the run stopped at "
+            f"step {self.global_step} without saving it, the last good checkpoint (all tensors "
+            f"finite) is {ckpt}. Lower the learning rate or use scale xavier/meanabs."
+        )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50) or 50))
+        if self.global_step % every == 0:  # the logger syncs here anyway
+            self.raise_if_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_nonfinite()
 
     # --- checkpoints: the rule in use and the RNG, so a resumed run continues exactly -----
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.raise_if_nonfinite(checkpoint.get("state_dict", {}))
+            # metrics.csv holds every row up to the checkpoint: after a kill -9, a resume from
+            # it loses no logged row (the CSV logger would otherwise flush every 100 steps).
+            for logger in self.trainer.loggers:
+                logger.save()
         checkpoint["sslr_rule"] = self.rule
         checkpoint["sslr_rng"] = torch.get_rng_state()
 
@@ -136,6 +181,9 @@ class FeedbackTask(LightningModule):
         if rule and rule != "mixed" and rule != self.rule:
             # A checkpoint written before a RuleSwitch holds bp's (empty) feedback state.
             set_rule(self.network, rule)
+        trainer = self._trainer
+        path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        check_fits(checkpoint, self, path, "--ckpt_path")
         self._pretrained_done = True
         self._rng_to_restore = checkpoint.get("sslr_rng")
 
@@ -144,3 +192,9 @@ class FeedbackTask(LightningModule):
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+def _finite(value) -> bool:
+    return not (isinstance(value, torch.Tensor) and value.is_floating_point()) or bool(
+        torch.isfinite(value).all()
+    )

@@ -1,0 +1,178 @@
+"""Bad input, entry point by entry point: exit status 2, one line that names the problem and
+what to do, no traceback, and nothing written or overwritten. No case trains a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+
+from sslr.cli import main
+from sslr.tasks import ClassificationTask
+from sslr.tasks.hashing import HashingTask
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = str(ROOT / "configs" / "quickstart.yaml")
+HASH = str(ROOT / "configs" / "hashing" / "quickstart_digits.yaml")
+DEBUG = str(ROOT / "configs" / "overlays" / "debug.yaml")
+BASE = ["--config", QUICK, "--config", DEBUG]
+
+
+def _checkpoint(path: Path, task) -> None:
+    """A checkpoint as `sslr fit` writes one (its state and CLI hyperparameters), untrained."""
+    hparams = {**dict(task.hparams), "_class_path": f"sslr.{type(task).__name__}"}
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": hparams}
+    checkpoint.update({"pytorch-lightning_version": lightning.__version__, "global_step": 0})
+    torch.save(checkpoint, path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Bad (and one good) input files, made once."""
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "syntax.yaml").write_text("model:\n  init_args:\n    rule: [usf\n")
+    (folder / "empty.yaml").write_text("")
+    (folder / "misspelt.yaml").write_text("model:\n  init_args:\n    rulee: usf\n")
+    (folder / "afile").write_text("a file where a folder should be\n")
+    (folder / "text.ckpt").write_text("epoch,loss\n1,0.5\n")
+    _checkpoint(folder / "good.ckpt", ClassificationTask(num_classes=10))
+    data = (folder / "good.ckpt").read_bytes()
+    (folder / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    _checkpoint(folder / "hashing.ckpt", HashingTask(num_classes=10, bits=16))
+    _checkpoint(folder / "resnet34.ckpt", ClassificationTask(backbone="resnet34", num_classes=10))
+    runs = folder / "corrupt_runs" / "Digits" / "resnet18_bp" / "version_0"
+    runs.mkdir(parents=True)
+    (runs / "config.yaml").write_text("model: {}\n")
+    (runs / "metrics.csv").write_bytes(b"\x00\x01\xff\xfe\x00garbage")
+    (folder / "empty_runs").mkdir()
+    return folder
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return tmp_path
+
+
+def _files(*folders: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for f in folders for p in f.rglob("*") if p.is_file()}
+
+
+def _check(args: list[str], needle: str, inputs: Path, cwd: Path, capsys) -> None:
+    args = [a.replace("{in}", str(inputs)) for a in args]
+    before = _files(inputs, cwd)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if line.startswith("sslr")]
+    assert len(lines) == 1, err[-3000:]
+    assert needle.replace("{in}", str(inputs)) in lines[0], lines[0]
+    assert _files(inputs, cwd) == before  # nothing written, nothing overwritten
+
+
+COMMON = {
+    "unknown rule": (["--model.rule", "nosuchrule"], "'nosuchrule' is not one of"),
+    "unknown backbone": (["--model.backbone", "resnet1800"], "'resnet1800'"),
+    "unknown dataset": (["--data", "NoSuchData"], "unknown class 'NoSuchData'"),
+    "batch size 0": (["--data.batch_size", "0"], "batch_size must be at least 1"),
+    "batch size negative": (["--data.batch_size", "-4"], "batch_size must be at least 1"),
+    "misspelt key": (["--model.init_args.rulee", "usf"], "rulee"),
+    "misspelt key in a file": (["--config", "{in}/misspelt.yaml"], "rulee"),
+    "YAML syntax error": (["--config", "{in}/syntax.yaml"], "syntax.yaml is not valid YAML"),
+    "empty config": (["--config", "{in}/empty.yaml"], "empty.yaml is empty"),
+    "missing config": (["--config", "{in}/nope.yaml"], "nope.yaml does not exist"),
+    "max_epochs -3": (["--trainer.max_epochs", "-3"], "max_epochs"),
+    "accelerator gpu without one": (["--trainer.accelerator", "gpu"], "accelerator cpu"),
+    "unwritable output folder": (
+        ["--trainer.logger.save_dir", "{in}/afile/runs"],
+        "is not a writable folder",
+    ),
+}
+
+CKPT = {
+    "missing --ckpt_path": (["--ckpt_path", "{in}/missing.ckpt"], "missing.ckpt' does not exist"),
+    "truncated --ckpt_path": (["--ckpt_path", "{in}/truncated.ckpt"], "is truncated"),
+    "non-checkpoint --ckpt_path": (["--ckpt_path", "{in}/text.ckpt"], "not a torch checkpoint"),
+    "other-task --ckpt_path": (["--ckpt_path", "{in}/hashing.ckpt"], "task HashingTask"),
+    "other-backbone --ckpt_path": (["--ckpt_path", "{in}/resnet34.ckpt"], "backbone 'resnet34'"),
+    "--ckpt_path last without a run": (["--ckpt_path", "last"], "no run folder"),
+}
+
+FIT = {
+    **COMMON,
+    **CKPT,
+    "limit_train_batches -1": (["--trainer.limit_train_batches", "-1"], "limit_train_batches"),
+    "bits 0": (["--config", HASH, "--model.bits", "0"], "bits must be a positive integer"),
+    "missing pretrained_ckpt": (
+        ["--model.pretrained_ckpt", "{in}/missing.ckpt"],
+        "missing.ckpt' does not exist",
+    ),
+    "other-backbone pretrained_ckpt": (
+        ["--model.pretrained_ckpt", "{in}/resnet34.ckpt"],
+        "another backbone",
+    ),
+}
+
+TEST = {
+    **{k: (["--ckpt_path", "{in}/good.ckpt", *a], n) for k, (a, n) in COMMON.items()},
+    **CKPT,
+    "limit_test_batches -1": (
+        ["--ckpt_path", "{in}/good.ckpt", "--trainer.limit_test_batches", "-1"],
+        "limit_test_batches",
+    ),
+}
+
+ATTACK = {
+    **{k: (a, n) for k, (a, n) in CKPT.items()},
+    "no --ckpt_path": ([], "needs --ckpt_path"),
+    "unknown rule": (["--ckpt_path", "{in}/good.ckpt", "--model.rule", "nosuchrule"], "nosuch"),
+    "eps < 0": (["--ckpt_path", "{in}/good.ckpt", "--suite.eps", "[-0.1]"], "eps"),
+    "eps not finite": (["--ckpt_path", "{in}/good.ckpt", "--suite.eps", "[nan]"], "eps"),
+    "steps 0": (["--ckpt_path", "{in}/good.ckpt", "--suite.steps", "0"], "steps"),
+    "unknown attack": (["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "[nosuch]"], "nosuch"),
+    "unknown gradient": (
+        ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[nosuch]"],
+        "nosuch",
+    ),
+}
+
+REPORT = {
+    "missing folder": (["{in}/nowhere"], "does not exist"),
+    "empty folder": (["{in}/empty_runs"], "no run folders"),
+    "corrupt folder": (["{in}/corrupt_runs"], "corrupt_runs"),
+}
+
+
+def _skip_without_gpu_check(case: str) -> None:
+    if case == "accelerator gpu without one" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the case is for machines without one")
+
+
+@pytest.mark.parametrize("case", sorted(FIT))
+def test_fit(case, inputs, cwd, capsys):
+    _skip_without_gpu_check(case)
+    args, needle = FIT[case]
+    _check(["fit", *BASE, *args], needle, inputs, cwd, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(TEST))
+def test_test(case, inputs, cwd, capsys):
+    _skip_without_gpu_check(case)
+    args, needle = TEST[case]
+    _check(["test", *BASE, *args], needle, inputs, cwd, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(ATTACK))
+def test_attack(case, inputs, cwd, capsys):
+    args, needle = ATTACK[case]
+    _check(["attack", *BASE, *args], needle, inputs, cwd, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(REPORT))
+def test_report(case, inputs, cwd, capsys):
+    args, needle = REPORT[case]
+    _check(["report", *args, "--out", "report.md"], needle, inputs, cwd, capsys)

@@ -1,0 +1,110 @@
+"""kill -9 at any moment of `sslr fit` leaves every file complete or absent, and resuming the
+run (``--config <run>/config.yaml --ckpt_path last``) finishes it exactly as an uninterrupted
+run would, in the same run folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslr.checkpoints import load_checkpoint
+from sslr.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = str(ROOT / "configs" / "quickstart.yaml")
+DEBUG = str(ROOT / "configs" / "overlays" / "debug.yaml")
+# frsf: its feedback matrices are state too; 2 epochs of 4 steps, one validation batch.
+ARGS = ["--config", QUICK, "--config", DEBUG, "--model.rule", "frsf", "--seed_everything", "3"]
+ARGS += ["--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2"]
+ARGS += ["--trainer.log_every_n_steps", "1"]
+
+
+def _fit(cwd: Path, *extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env.pop("SSLR_TEST_KILL", None)
+    if kill:
+        env["SSLR_TEST_KILL"] = kill
+    helper = str(Path(__file__).with_name("kill_points.py"))
+    cmd = [sys.executable, helper, "fit", *ARGS, *extra]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _state(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(ckpt)["state_dict"]
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["step:6", "save:3"], ids=["mid-epoch", "mid-checkpoint-write"])
+def test_kill_9_then_resume_matches_an_uninterrupted_run(kill, tmp_path):
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    straight_dir.mkdir()
+    killed_dir.mkdir()
+    run_name = Path("runs/debug/Digits/resnet18_frsf/version_0")
+    done = _fit(straight_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = straight_dir / run_name
+
+    killed = _fit(killed_dir, kill=kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = killed_dir / run_name
+    # Complete or absent: every checkpoint there loads; the half-written one is not among them.
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert ckpts, "epoch 0's checkpoints were written before the kill"
+    for ckpt in ckpts:
+        assert load_checkpoint(ckpt)["global_step"] == 4, ckpt  # epoch 0's, whole
+    rows = _rows(run)
+    assert all(len(row) == len(rows[0]) for row in rows)
+
+    resumed = _fit(killed_dir, "--config", str(run / "config.yaml"), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run folder {run}" in resumed.stdout + resumed.stderr or run.is_dir()
+    assert not (run.parent / "version_1").exists()  # one run, one folder
+    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(run / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and any(".feedback_" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    # The run's metrics: each step once, as many rows as the uninterrupted run's.
+    steps = [(r["step"], r.get("epoch"), bool(r.get("val/acc"))) for r in _rows(run)]
+    assert len(steps) == len(set(steps))
+    assert len(_rows(run)) == len(_rows(straight))
+
+
+def test_resume_of_a_run_continues_its_folder_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = [*ARGS[:-4], "--trainer.max_epochs", "1"]
+    assert main(["fit", *args]) == 0
+    run = Path("runs/debug/Digits/resnet18_frsf/version_0")
+    before = _rows(run)
+    assert (
+        main(
+            [
+                "fit",
+                *args[:-2],
+                "--trainer.max_epochs",
+                "2",
+                "--config",
+                str(run / "config.yaml"),
+                "--ckpt_path",
+                "last",
+            ]
+        )
+        == 0
+    )
+    assert not run.with_name("version_1").exists()
+    after = _rows(run)
+    assert after[: len(before)] == before  # epoch 0's rows kept, not deleted
+    assert {r.get("epoch") for r in after if r.get("val/acc")} == {"0", "1"}
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
