@@ -44,7 +44,7 @@ from sslr.grid.markers import keep_metrics as _keep_metrics  # noqa: F401  (a na
 from sslr.grid.spec import Grid, GridError, load_grid
 from sslr.grid.stages import GridRun
 
-__all__ = ["Grid", "GridError", "GridRun", "load_grid", "main_grid"]
+__all__ = ["Grid", "GridError", "GridRun", "load_grid", "main_grid", "run_grid"]
 
 # Noise when the grid reuses its own folders on purpose (a resumed fit, started.json).
 _QUIET = (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .*")
@@ -53,6 +53,28 @@ _QUIET = (r"Experiment logs directory .* exists and is not empty", r"Checkpoint 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise GridError(f"{message} (see sslr grid --help)")
+
+
+def run_grid(grid: Grid, *, dry_run: bool = False, echo=print) -> GridRun:
+    """Run (or show) a loaded grid: every command checked first, then its stages under the grid
+    folder's lock, a second grid on the same folder being refused, not merged. Raises GridError
+    or UserError; returns the finished runner (its ``ran`` and ``skipped`` counts)."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    os.environ.setdefault("WANDB_SILENT", "true")
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in _QUIET:
+                warnings.filterwarnings("ignore", message=message)
+            runner = GridRun(grid, dry_run=dry_run, echo=echo)
+            runner.commands.check()  # a typo fails here, before the folder is touched
+            lock = contextlib.nullcontext() if dry_run else FolderLock(grid.out, "grid folder")
+            with lock:
+                runner.execute()
+    finally:
+        lightning_log.setLevel(level)
+    return runner
 
 
 def main_grid(argv: list[str] | None = None) -> int:
@@ -68,33 +90,18 @@ def main_grid(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the stages and commands, run nothing"
     )
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
+    began = time.perf_counter()
     try:
         args = parser.parse_args(argv)
-        grid = load_grid(args.config, out=args.out)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        lightning_log.setLevel(logging.WARNING)
-        began = time.perf_counter()
-        with warnings.catch_warnings():
-            for message in _QUIET:
-                warnings.filterwarnings("ignore", message=message)
-            runner = GridRun(grid, dry_run=args.dry_run, echo=print)
-            runner.commands.check()  # a typo fails here, before the folder is touched
-            # One grid per folder: a second one on the same --out is refused, not merged.
-            lock = contextlib.nullcontext() if args.dry_run else FolderLock(grid.out, "grid folder")
-            with lock:
-                runner.execute()
+        runner = run_grid(load_grid(args.config, out=args.out), dry_run=args.dry_run)
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     except (GridError, UserError) as err:
         print(f"sslr grid: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        lightning_log.setLevel(level)
     if not args.dry_run:
         print(
             f"sslr grid: done in {time.perf_counter() - began:.0f} s ({runner.ran} stages ran, "
-            f"{runner.skipped} skipped): {grid.out / 'report.md'}"
+            f"{runner.skipped} skipped): {runner.grid.out / 'report.md'}"
         )
     return 0

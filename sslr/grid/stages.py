@@ -6,6 +6,7 @@ it did on one progress line (``sslr grid: [i/n] label: what; k left, ETA s``).""
 from __future__ import annotations
 
 import contextlib
+import logging
 import shlex
 import shutil
 import time
@@ -177,7 +178,7 @@ class GridRun:
         self._say(label, "running", new=True)
         (folder / DONE).unlink(missing_ok=True)
         began = time.perf_counter()
-        with stage_errors(label):
+        with stage_errors(label), _engine_progress(self.echo):
             from sslr.cli import run
 
             run(args)
@@ -233,3 +234,27 @@ def best_checkpoint(trainer, folder: Path) -> Path:
     if not path.is_file():
         raise GridError(f"the fit in {folder} wrote no checkpoint (is checkpointing disabled?)")
     return path
+
+
+class _Echo(logging.Handler):
+    def __init__(self, echo) -> None:
+        super().__init__(logging.INFO)
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.echo(f"    {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _engine_progress(echo):
+    """The evaluation engine's progress (a line per cell, a heartbeat at least every 10 s
+    inside a long one) on the grid's output while an attack stage runs: no long silence."""
+    logger = logging.getLogger("sslr.robustness")
+    handler, level = _Echo(echo), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
