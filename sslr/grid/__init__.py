@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
         raise GridError(f"{message} (see sslr grid --help)")
 
 
-def run_grid(grid: Grid, *, dry_run: bool = False, echo=print) -> GridRun:
+def run_grid(grid: Grid, *, dry_run: bool = False, echo=None) -> GridRun:
     """Run (or show) a loaded grid: every command checked first, then its stages under the grid
     folder's lock, a second grid on the same folder being refused, not merged. Raises GridError
     or UserError; returns the finished runner (its ``ran`` and ``skipped`` counts)."""

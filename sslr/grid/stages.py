@@ -29,10 +29,10 @@ from sslr.grid.spec import Grid, GridError
 class GridRun:
     """Runs (or with ``dry_run`` shows) a grid's stages in order; ``echo`` gets progress lines."""
 
-    def __init__(self, grid: Grid, *, dry_run: bool = False, echo=print) -> None:
+    def __init__(self, grid: Grid, *, dry_run: bool = False, echo=None) -> None:
         self.grid = grid
         self.dry_run = dry_run
-        self.echo = echo
+        self.echo = echo or say_now
         n_fit = len(grid.rules) * 2 + (0 if grid.weights else 1)
         self.total = len(grid.backbones) * n_fit + 1
         self.index = 0
@@ -258,3 +258,8 @@ def _engine_progress(echo):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def say_now(line: str) -> None:
+    """A progress line, flushed at once (stdout is block-buffered when it is not a terminal)."""
+    print(line, flush=True)
