@@ -70,6 +70,12 @@ class GridRun:
     def _checkpoint(self, marker: dict) -> Path | None:
         return self.grid.out / marker["checkpoint"] if marker.get("checkpoint") else None
 
+    def _skip(self, label: str, done: dict) -> dict:
+        """A stage whose marker records the same inputs: said, counted, its marker returned."""
+        self.skipped += 1
+        self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
+        return done
+
     def _say(self, label: str, what: str, new: bool = False) -> None:
         self.index += new
         if not new and self.index:  # a stage finished: what is left, and when it may end
@@ -97,9 +103,7 @@ class GridRun:
         }
         done = read_json(folder / DONE)
         if done is not None and done.get("inputs") == inputs:
-            self.skipped += 1
-            self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
-            return done
+            return self._skip(label, done)
         last = folder / "checkpoints" / "last.ckpt"
         resume = done is None and read_json(folder / STARTED) == inputs and last.is_file()
         if resume:
@@ -164,9 +168,7 @@ class GridRun:
         }
         done = read_json(folder / DONE)
         if done is not None and done.get("inputs") == inputs and inputs["checkpoint"]:
-            self.skipped += 1
-            self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
-            return done
+            return self._skip(label, done)
         surrogate = self._checkpoint(bp) if bp else None
         args = self.commands.build(
             "attack", backbone, rule, ckpt=self._checkpoint(tuned), surrogate=surrogate
@@ -209,8 +211,7 @@ class GridRun:
         label = "report"
         done = read_json(grid.out / DONE)
         if done is not None and done.get("inputs") == results and out.is_file():
-            self.skipped += 1
-            self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
+            self._skip(label, done)
             return
         if self.dry_run:
             self._say(label, f"would write {out}", new=True)
