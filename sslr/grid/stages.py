@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shlex
 import shutil
 import time
@@ -237,28 +238,47 @@ def best_checkpoint(trainer, folder: Path) -> Path:
     return path
 
 
+# The engine's lines: "attack 3/12 pgd linf rule eps=...: accuracy 0.41 (9 left, ETA 30s)" and
+# its heartbeat inside a cell; `sslr attack` hands them to Lightning's rank_zero_info.
+_ENGINE_LINE = re.compile(r"^attack \d+/\d+ ")
+
+
 class _Echo(logging.Handler):
+    """The engine's lines to ``echo``; warnings and errors on to the parent's handlers as
+    before; other info (the attack's own table, which the report shows) dropped."""
+
     def __init__(self, echo) -> None:
         super().__init__(logging.INFO)
         self.echo = echo
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.echo(f"    {record.getMessage()}")
+        message = str(record.getMessage())
+        if _ENGINE_LINE.match(message):
+            self.echo(f"    {message}")
+        elif record.levelno >= logging.WARNING and record.name != "sslr.robustness":
+            logging.getLogger(record.name).parent.handle(record)
 
 
 @contextlib.contextmanager
 def _engine_progress(echo):
     """The evaluation engine's progress (a line per cell, a heartbeat at least every 10 s
     inside a long one) on the grid's output while an attack stage runs: no long silence."""
-    logger = logging.getLogger("sslr.robustness")
-    handler, level = _Echo(echo), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    from lightning_utilities.core import rank_zero  # its logger is Lightning's, once imported
+
+    handler = _Echo(echo)
+    loggers = [logging.getLogger("sslr.robustness"), rank_zero.log]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = logger is loggers[0]
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def say_now(line: str) -> None:
