@@ -36,16 +36,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     target = Path(path)
     _check_writable(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _moved_in_place(tmp, target), os.fdopen(fd, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
@@ -66,10 +60,17 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], object]) 
     _check_writable(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
-    try:
+    with _moved_in_place(tmp, target):
         writer(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _moved_in_place(tmp: str, target: Path) -> Iterator[None]:
+    """After the block, ``tmp`` replaces ``target``; on an exception ``tmp`` is removed."""
+    try:
+        yield
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -282,6 +282,45 @@ def run(args: list[str]) -> SslrCLI:
         sys.argv = argv0
 
 
+class _Parsed(Exception):
+    def __init__(self, config) -> None:
+        super().__init__("parsed")
+        self.config = config
+
+
+class _ParseOnlyCLI(SslrCLI):
+    """Stops once the arguments are parsed: nothing is loaded, built or run."""
+
+    def _parse_ckpt_path(self) -> None:
+        raise _Parsed(self.config)
+
+
+def parse(args: list[str]) -> dict:
+    """The configuration a command (``[subcommand, *options]``) parses to, as a dict of the
+    subcommand's keys, without loading a checkpoint or building anything: raises what ``run``
+    raises on a bad option. For the grid, which checks every stage's command before it runs one.
+    """
+    quiet_third_party()
+    args = resolve_config_args(args)
+    strict = {"exit_on_error": False}
+    parser_kwargs = {**_help_kwargs(), **strict}
+    parser_kwargs.update({name: dict(strict) for name in SslrCLI.subcommands()})
+    argv0, sys.argv = sys.argv, [sys.argv[0], *args]
+    try:
+        _cli(parser_kwargs, _ParseOnlyCLI)
+    except _Parsed as parsed:
+        config = parsed.config
+        return config[config["subcommand"]].as_dict()
+    finally:
+        sys.argv = argv0
+    raise AssertionError("unreachable: the parse-only CLI always stops after parsing")
+
+
+def error_message(err: Exception) -> str:
+    """A jsonargparse error (or any user error) as the one line ``sslr`` prints for it."""
+    return _argument_message(err)
+
+
 def _completion_args(args: list[str]) -> list[str]:
     """Shell completion: jsonargparse's ``--print_completion shtab-<shell>`` (needs shtab), also
     spelled ``--print_shtab <shell>`` as older jsonargparse releases named it."""
@@ -308,8 +347,8 @@ def _help_kwargs() -> dict:
     }
 
 
-def _cli(parser_kwargs: dict) -> SslrCLI:
-    return SslrCLI(
+def _cli(parser_kwargs: dict, cli_class: type[SslrCLI] = SslrCLI) -> SslrCLI:
+    return cli_class(
         trainer_class=SslrTrainer,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -30,7 +30,8 @@ def grid(capsys, *args: str) -> tuple[int, dict[str, list[str]]]:
     """Run `sslr grid`; returns its exit code and, per stage label, what its lines said."""
     code = main(["grid", *args])
     stages: dict[str, list[str]] = {}
-    for line in capsys.readouterr().out.splitlines():
+    grid.out = capsys.readouterr().out  # the whole output of the last call
+    for line in grid.out.splitlines():
         match = LINE.match(line)
         if match:
             stages.setdefault(match.group(3), []).append(match.group(4))
@@ -103,6 +104,24 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path
     }
     assert all(bp[(a, e, "transfer")] == bp[(a, e, "rule")] for a, e, g in bp if g == "rule")
 
+    # The attack stages show the engine's progress (a line per cell) under their stage line.
+    assert re.search(r"^    attack \d+/\d+ .*left, ETA", grid.out, re.MULTILINE)
+    # The demo's table reads the same files: its cells are the markers' and the CSVs' values.
+    from sslr.demo import demo_table
+
+    table = demo_table(out, "resnet18", RULES, [0.0, 8 / 255]).splitlines()
+    for rule, line in zip(RULES, table[2:], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        done = json.loads((out / "resnet18" / rule / "done.json").read_text())
+        assert cells[:2] == [rule, f"{done['metrics']['test/acc']:.3f}"]
+        pgd = {
+            r["gradient"]: float(r["accuracy"])
+            for r in robustness(out / "resnet18" / rule)
+            if r["attack"] == "pgd" and round(float(r["eps"]) * 255) == 8
+        }
+        assert cells[2:4] == [f"{pgd['rule']:.3f}", f"{pgd['exact']:.3f}"]
+        assert cells[4] == ("–" if rule == "bp" else f"{pgd['transfer']:.3f}")
+
     report = (out / "report.md").read_text()
     for rule in RULES:
         assert len([line for line in report.splitlines() if line.startswith(f"| {rule} |")]) == 1
@@ -136,6 +155,24 @@ def test_dry_run_prints_the_commands_and_writes_nothing(capsys, tmp_path):
     assert out.count("would run") == 9 and "would write" in out
     assert out.count("sslr fit ") == 5 and out.count("sslr attack ") == 4
     assert "--model.rule brsf" in out and "--suite.surrogate_ckpt" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_is_a_grid_file(capsys, tmp_path):
+    """`sslr demo` runs configs/grid/quickstart_demo.yaml: Digits, bp and usf from one BP
+    checkpoint, PGD at 8 and 16/255 through rule, exact and transfer."""
+    from sslr.demo import DEMO_GRID
+    from sslr.grid import load_grid
+
+    demo = load_grid(DEMO_GRID)
+    assert demo.out == Path("runs/demo") and demo.rules == ("bp", "usf")
+    assert demo.suite["eps"] == pytest.approx([0, 8 / 255, 16 / 255])
+    assert demo.suite["gradients"] == ["rule", "exact", "transfer"]
+    config = yaml.safe_load(demo.base_config.read_text())
+    assert config["data"]["class_path"] == "Digits"  # embedded: no download
+    code = main(["grid", "--config", str(DEMO_GRID), "--out", "d", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("would run") == 5 and "would write" in out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -124,4 +124,4 @@ def test_wheel_runs_quickstart_and_demo_outside_the_checkout(tmp_path):
          "--n", "16"], work, env, timeout=3600,
     )  # fmt: skip
     assert "| usf |" in out and "| bp |" in out, out[-2000:]
-    assert list((work / "demo").rglob("finetune_usf/checkpoints/*.ckpt"))
+    assert list((work / "demo").rglob("usf/checkpoints/*.ckpt"))  # the demo grid's layout

@@ -6,9 +6,9 @@ for the person at the terminal: what was looked for, where, and how to supply it
 
 from __future__ import annotations
 
+from sslr.errors import DataError  # defined on the bottom floor, so sslr.errors needs no torch
 
-class DataError(Exception):
-    """Base class of the data errors a user can cause; catch this one to report them all."""
+__all__ = ["DataError", "DatasetNotFoundError", "ListFileError"]
 
 
 class DatasetNotFoundError(DataError):

@@ -1,0 +1,270 @@
+"""The grid file: its schema, read and checked before any stage runs.
+
+The grid file (YAML; every key but ``base_config`` and ``backbones`` is optional)::
+
+    name: fashion_resnet18            # default: the file's name
+    out: runs/grid/fashion_resnet18   # default runs/grid/<name>; --out overrides
+    base_config: ../quickstart.yaml   # the fit config all stages share (or an inline mapping)
+    overlays: []                      # further --config files (or inline mappings), in order
+    backbones: [resnet18]
+    rules: [bp, usf, frsf, brsf]      # the default
+    seed: 0                           # seed_everything, model.seed and data.seed of every fit
+    pretrain: {epochs: 10, args: []}  # or {weights: IMAGENET1K_V1} for no BP pretraining
+    finetune: {epochs: 5, args: ["--optimizer.lr", "0.01"]}
+    attack: {suite: {n_samples: 1000, eps: [0, 4/255, 8/255]}, args: []}
+
+Paths of configs are relative to the grid file's folder; ``out`` is relative to the current
+folder, as every sslr output is. ``args`` are extra command-line arguments of the stage's
+command, the same for every rule so budgets are equal; ``attack.suite`` holds
+``sslr.robustness.SuiteConfig`` fields (epsilons may be written ``8/255``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed")
+STAGE_KEYS = {
+    "pretrain": ("epochs", "args", "weights"),
+    "finetune": ("epochs", "args"),
+    "attack": ("suite", "args"),
+}
+DEFAULT_RULES = ("bp", "usf", "frsf", "brsf")
+DEFAULT_EPOCHS = {"pretrain": 10, "finetune": 5}
+# Set by the grid for every stage: in `args` they would break equal budgets or the layout.
+OWNED = (
+    *("--model.backbone", "--model.rule", "--model.seed", "--model.pretrained_ckpt"),
+    *("--data.seed", "--seed_everything", "--trainer.max_epochs", "--trainer.logger"),
+    *("--ckpt_path", "--suite.surrogate_ckpt", "--out_dir"),
+)
+
+
+Config = Path | dict  # one --config: a YAML file or an inline mapping
+
+
+class GridError(ValueError):
+    """A problem with a grid file, its command line or a stage: one sentence, exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A validated grid file (see the module docstring for the YAML)."""
+
+    name: str
+    out: Path
+    base_config: Config
+    overlays: tuple[Config, ...]
+    backbones: tuple[str, ...]
+    rules: tuple[str, ...]
+    seed: int
+    pretrain_epochs: int
+    pretrain_args: tuple[str, ...]
+    weights: str | None  # torchvision weights instead of BP pretraining
+    finetune_epochs: int
+    finetune_args: tuple[str, ...]
+    suite: dict  # SuiteConfig fields
+    attack_args: tuple[str, ...]
+
+    @property
+    def configs(self) -> tuple[Config, ...]:
+        return (self.base_config, *self.overlays)
+
+
+# --------------------------------------------------------------------------- the grid file
+
+
+def load_grid(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Grid:
+    """Read and validate a grid file; ``out`` replaces its ``out``. Raises GridError."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"{path} does not exist: give a grid file such as configs/grid/*.yaml")
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise GridError(f"{path} must be a mapping with the keys {', '.join(_all_keys())}")
+    try:
+        return _parse_grid(raw, path, out)
+    except GridError as err:
+        raise GridError(f"{path}: {err}") from None
+
+
+def _all_keys() -> tuple[str, ...]:
+    return (*KEYS, *STAGE_KEYS)
+
+
+def _parse_grid(raw: dict, path: Path, out) -> Grid:
+    _known(raw, _all_keys(), "")
+    for key in ("base_config", "backbones"):
+        if raw.get(key) is None:
+            raise GridError(f"{key} is missing")
+    here = path.resolve().parent
+    name = str(raw.get("name") or path.stem)
+    stages = {key: raw.get(key) or {} for key in STAGE_KEYS}
+    for key, value in stages.items():
+        if not isinstance(value, dict):
+            raise GridError(f"{key} must be a mapping of {', '.join(STAGE_KEYS[key])}")
+        _known(value, STAGE_KEYS[key], f"{key}.")
+    pretrain, attack = stages["pretrain"], stages["attack"]
+    weights = pretrain.get("weights")
+    if weights is not None and "epochs" in pretrain:
+        raise GridError(
+            "pretrain has both epochs (BP pretraining) and weights (torchvision weights, no "
+            "pretraining): give one"
+        )
+    rules = _names(raw.get("rules", list(DEFAULT_RULES)), "rules")
+    _check_rules(rules)
+    suite = _suite(attack.get("suite") or {}, "bp" in rules)
+    return Grid(
+        name=name,
+        out=Path(out or raw.get("out") or Path("runs", "grid", name)),
+        base_config=config_source(raw["base_config"], "base_config", here),
+        overlays=tuple(
+            config_source(c, f"overlays[{i}]", here) for i, c in enumerate(_list(raw, "overlays"))
+        ),
+        backbones=_backbones(_names(raw["backbones"], "backbones")),
+        rules=rules,
+        seed=_int(raw.get("seed", 0), "seed", minimum=0),
+        pretrain_epochs=_int(pretrain.get("epochs", DEFAULT_EPOCHS["pretrain"]), "pretrain.epochs"),
+        pretrain_args=_args(pretrain, "pretrain"),
+        weights=None if weights is None else str(weights),
+        finetune_epochs=_int(stages["finetune"].get("epochs", DEFAULT_EPOCHS["finetune"]), "finetune.epochs"),
+        finetune_args=_args(stages["finetune"], "finetune"),
+        suite=suite,
+        attack_args=_args(attack, "attack"),
+    )  # fmt: skip
+
+
+def load_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}: {exc.problem})" if mark else ""
+        raise GridError(f"{path} is not valid YAML{where}") from None
+
+
+def _known(mapping: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in keys:
+            raise GridError(f"unknown key '{where}{key}'; known keys: {', '.join(keys)}")
+
+
+def _list(raw: dict, key: str) -> list:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise GridError(f"{key} must be a list")
+    return value
+
+
+def _names(value, key: str) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+        raise GridError(f"{key} must be a non-empty list of names")
+    for v in values:
+        if values.count(v) > 1:
+            raise GridError(f"{key} lists {v!r} twice")
+    return tuple(values)
+
+
+def _check_rules(rules: tuple[str, ...]) -> None:
+    from sslr.feedback import list_rules
+
+    for rule in rules:
+        if rule not in list_rules():
+            raise GridError(
+                f"unknown rule {rule!r} in rules; known rules: {', '.join(list_rules())}"
+            )
+
+
+def _backbones(names: tuple[str, ...]) -> tuple[str, ...]:
+    from sslr.tasks.backbones import check_backbone
+
+    for name in names:
+        try:
+            check_backbone(name)
+        except ValueError as err:
+            raise GridError(f"backbones: {err}") from None
+    return names
+
+
+def _int(value, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GridError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _args(stage: dict, key: str) -> tuple[str, ...]:
+    value = stage.get("args") or []
+    if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+        raise GridError(f'{key}.args must be a list of command-line arguments, e.g. ["--a.b", "1"]')
+    args = tuple(json.dumps(v) if isinstance(v, bool) or v is None else str(v) for v in value)
+    for arg in args:
+        option = arg.split("=", 1)[0].replace(".init_args.", ".")
+        if option in OWNED:
+            raise GridError(f"{key}.args sets {option}, which the grid sets itself for every stage")
+    return args
+
+
+def config_source(value, key: str, here: Path) -> Config:
+    """A --config of the stages: an existing YAML file (relative to the grid file) or a mapping."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str) or not value:
+        raise GridError(f"{key} must be the path of a YAML config or an inline mapping")
+    path = Path(value).expanduser()
+    path = Path(os.path.normpath(path if path.is_absolute() else here / path))
+    if not path.is_file():
+        raise GridError(
+            f"{key} {value!r} not found (looked for {path}; relative paths are relative to the "
+            "grid file's folder)"
+        )
+    if not isinstance(load_yaml(path), dict):
+        raise GridError(f"{key} {path} is not a YAML mapping (a LightningCLI config)")
+    return path
+
+
+_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
+
+
+def _eps(value):
+    """``8/255`` -> 0.0313...; numbers and anything else as given (SuiteConfig checks them)."""
+    if isinstance(value, list):
+        return [_eps(v) for v in value]
+    match = _FRACTION.match(value) if isinstance(value, str) else None
+    if match:
+        try:
+            return float(match.group(1)) / float(match.group(2))
+        except (ValueError, ZeroDivisionError):
+            return value
+    return value
+
+
+def _suite(suite, with_bp: bool) -> dict:
+    """attack.suite checked by SuiteConfig itself, epsilons as floats."""
+    from sslr.robustness import SuiteConfig, get_attack
+
+    if not isinstance(suite, dict):
+        raise GridError("attack.suite must be a mapping of SuiteConfig fields")
+    fields = tuple(f.name for f in dataclasses.fields(SuiteConfig) if f.name != "surrogate_ckpt")
+    if "surrogate_ckpt" in suite:
+        raise GridError("attack.suite.surrogate_ckpt is set by the grid: the bp fine-tuned model")
+    _known(suite, fields, "attack.suite.")
+    suite = {k: _eps(v) if k in ("eps", "eps_l2") else v for k, v in suite.items()}
+    try:
+        config = SuiteConfig(**suite)
+        wants_transfer = "transfer" in [s.value for s in config.gradient_sources] and any(
+            get_attack(a).white_box for a in config.attack_kinds
+        )
+    except (TypeError, ValueError) as err:
+        raise GridError(f"attack.suite: {err}") from None
+    if wants_transfer and not with_bp:
+        raise GridError(
+            "attack.suite.gradients has transfer, whose surrogate is the bp fine-tuned model: "
+            "add bp to rules or drop transfer"
+        )
+    return suite

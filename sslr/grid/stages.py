@@ -1,0 +1,286 @@
+"""The grid's stages, run in order: BP pretraining once per backbone (or torchvision weights),
+fine-tuning with each rule from that checkpoint, the attack suite on every fine-tuned model,
+then one report. Each stage is skipped when its marker records the same inputs, and says what
+it did on one progress line (``sslr grid: [i/n] label: what; k left, ETA s``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+from sslr.grid.commands import StageCommands, fingerprint, stage_errors
+from sslr.grid.markers import (
+    DONE,
+    STARTED,
+    keep_metrics,
+    now,
+    read_json,
+    relative,
+    sha256,
+    write_json,
+)
+from sslr.grid.spec import Grid, GridError
+
+
+class GridRun:
+    """Runs (or with ``dry_run`` shows) a grid's stages in order; ``echo`` gets progress lines."""
+
+    def __init__(self, grid: Grid, *, dry_run: bool = False, echo=None) -> None:
+        self.grid = grid
+        self.dry_run = dry_run
+        self.echo = echo or say_now
+        n_fit = len(grid.rules) * 2 + (0 if grid.weights else 1)
+        self.total = len(grid.backbones) * n_fit + 1
+        self.index = 0
+        self.ran = 0
+        self.skipped = 0
+        self.commands = StageCommands(grid)
+        self.inputs_configs = [fingerprint(c) for c in grid.configs]
+        self.began = time.perf_counter()
+
+    # ---- stages -----------------------------------------------------------------------------
+
+    def execute(self) -> None:
+        grid = self.grid
+        if not self.commands.settings:
+            self.commands.check()
+        dry = ", dry run" if self.dry_run else ""
+        self.echo(
+            f"sslr grid: {grid.name}: {', '.join(grid.backbones)} x {', '.join(grid.rules)} "
+            f"-> {grid.out} ({self.total} stages{dry})"
+        )
+        results = []  # what the report summarizes: (backbone, rule, when fit, when attacked)
+        for backbone in grid.backbones:
+            if grid.weights:
+                start: dict = {"weights": grid.weights}
+            else:
+                start = self._fit("pretrain", backbone, "bp")
+            tuned = {rule: self._fit("finetune", backbone, rule, start) for rule in grid.rules}
+            for rule in grid.rules:
+                attacked = self._attack(backbone, rule, tuned[rule], tuned.get("bp"))
+                results.append(
+                    [backbone, rule, tuned[rule].get("finished"), attacked.get("finished")]
+                )
+        self._report(results)
+
+    def _checkpoint(self, marker: dict) -> Path | None:
+        return self.grid.out / marker["checkpoint"] if marker.get("checkpoint") else None
+
+    def _skip(self, label: str, done: dict) -> dict:
+        """A stage whose marker records the same inputs: said, counted, its marker returned."""
+        self.skipped += 1
+        self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
+        return done
+
+    def _say(self, label: str, what: str, new: bool = False) -> None:
+        self.index += new
+        if not new and self.index:  # a stage finished: what is left, and when it may end
+            elapsed = time.perf_counter() - self.began
+            left = self.total - self.index
+            what += f"; {left} left, ETA {elapsed / self.index * left:.0f} s" if left else ""
+        self.echo(f"sslr grid: [{self.index}/{self.total}] {label}: {what}")
+
+    def _fit(self, kind: str, backbone: str, rule: str, start: dict | None = None) -> dict:
+        """A pretrain or finetune stage (from ``start``, the pretrain marker or the weights);
+        returns its marker: checkpoint (relative to out), sha256, test metrics."""
+        grid = self.grid
+        folder = grid.out / backbone / ("pretrain" if kind == "pretrain" else rule)
+        label = f"{kind} {backbone}/{rule}"
+        args = self.commands.build(kind, backbone, rule, start=start and self._checkpoint(start))
+        inputs = {
+            "stage": kind,
+            "backbone": backbone,
+            "rule": rule,
+            "configs": self.inputs_configs,
+            "epochs": grid.pretrain_epochs if kind == "pretrain" else grid.finetune_epochs,
+            "seed": grid.seed,
+            "args": list(grid.pretrain_args if kind == "pretrain" else grid.finetune_args),
+            "start": None if start is None else start.get("weights") or start.get("sha256"),
+        }
+        done = read_json(folder / DONE)
+        if done is not None and done.get("inputs") == inputs:
+            return self._skip(label, done)
+        last = folder / "checkpoints" / "last.ckpt"
+        resume = done is None and read_json(folder / STARTED) == inputs and last.is_file()
+        if resume:
+            args = [*args, "--ckpt_path", str(last)]
+        layout = {"checkpoint": f"{backbone}/{folder.name}/checkpoints/best.ckpt", "sha256": None}
+        if self.dry_run:
+            self._say(label, "would resume from last.ckpt" if resume else "would run", new=True)
+            self.echo("    " + shlex.join(["sslr", *args]))
+            return layout
+        self._say(label, "resuming from last.ckpt" if resume else "running", new=True)
+        if not resume and folder.exists():
+            shutil.rmtree(folder)  # stale or unfinished without a checkpoint: start clean
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / STARTED, inputs)
+        began = time.perf_counter()
+        keep = keep_metrics(folder, last) if resume else contextlib.nullcontext()
+        with stage_errors(label), keep:
+            from sslr.cli import run
+
+            cli = run(args)
+            trainer = cli.trainer
+            if trainer.interrupted:
+                raise GridError(f"{label} was interrupted: run sslr grid again to resume it")
+            ckpt = best_checkpoint(trainer, folder)
+            # One dict per test loader (hashing tests on [queries, database]): merged.
+            tested = trainer.test(
+                cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False
+            )
+            metrics = {k: v for result in tested for k, v in result.items()}
+        seconds = time.perf_counter() - began
+        marker = {
+            "stage": kind,
+            "backbone": backbone,
+            "rule": rule,
+            "checkpoint": relative(ckpt, grid.out),
+            "sha256": sha256(ckpt),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "seconds": round(seconds, 1),
+            "finished": now(),
+            "inputs": inputs,
+        }
+        write_json(folder / DONE, marker)
+        self.ran += 1
+        shown = next(
+            (f"{k} {v:.3f}" for k, v in marker["metrics"].items() if "acc" in k or "mAP" in k), ""
+        )
+        verb = "resumed and ran" if resume else "ran"
+        self._say(label, f"{verb} in {seconds:.1f} s" + (f" ({shown})" if shown else ""))
+        return marker
+
+    def _attack(self, backbone: str, rule: str, tuned: dict, bp: dict | None) -> dict:
+        grid = self.grid
+        run_dir = grid.out / backbone / rule
+        folder = run_dir / "attack"
+        label = f"attack {backbone}/{rule}"
+        inputs = {
+            "checkpoint": tuned.get("sha256"),
+            "surrogate": bp.get("sha256") if bp else None,
+            "configs": self.inputs_configs,
+            "suite": grid.suite,
+            "args": [*grid.finetune_args, *grid.attack_args],
+        }
+        done = read_json(folder / DONE)
+        if done is not None and done.get("inputs") == inputs and inputs["checkpoint"]:
+            return self._skip(label, done)
+        surrogate = self._checkpoint(bp) if bp else None
+        args = self.commands.build(
+            "attack", backbone, rule, ckpt=self._checkpoint(tuned), surrogate=surrogate
+        )
+        if self.dry_run:
+            self._say(label, "would run", new=True)
+            self.echo("    " + shlex.join(["sslr", *args]))
+            return {}
+        self._say(label, "running", new=True)
+        (folder / DONE).unlink(missing_ok=True)
+        began = time.perf_counter()
+        with stage_errors(label), _engine_progress(self.echo):
+            from sslr.cli import run
+
+            run(args)
+        seconds = time.perf_counter() - began
+        csv_path = run_dir / "robustness.csv"
+        rows = max(0, len(csv_path.read_text().splitlines()) - 1) if csv_path.is_file() else 0
+        marker = {
+            "stage": "attack",
+            "backbone": backbone,
+            "rule": rule,
+            "robustness": relative(csv_path, grid.out),
+            "rows": rows,
+            "seconds": round(seconds, 1),
+            "finished": now(),
+            "inputs": inputs,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / DONE, marker)
+        self.ran += 1
+        self._say(label, f"ran in {seconds:.1f} s ({rows} rows in robustness.csv)")
+        return marker
+
+    def _report(self, results: list) -> None:
+        """The report over the grid's runs (not the pretrain runs: they are bp too); its marker
+        is <out>/done.json, so it is rebuilt only when a run it shows changed."""
+        grid = self.grid
+        out = grid.out / "report.md"
+        label = "report"
+        done = read_json(grid.out / DONE)
+        if done is not None and done.get("inputs") == results and out.is_file():
+            self._skip(label, done)
+            return
+        if self.dry_run:
+            self._say(label, f"would write {out}", new=True)
+            return
+        self._say(label, "running", new=True)
+        from sslr.report import build_report
+
+        dirs = [grid.out / b / r for b in grid.backbones for r in grid.rules]
+        with stage_errors(label):
+            report = build_report(dirs, out)
+        marker = {"stage": "report", "report": out.name, "finished": now(), "inputs": results}
+        write_json(grid.out / DONE, marker)
+        self.ran += 1
+        self._say(label, f"wrote {out}, {report.csv_path.name} and {len(report.figures)} figures")
+
+
+def best_checkpoint(trainer, folder: Path) -> Path:
+    callback = trainer.checkpoint_callback
+    found = callback and (callback.best_model_path or callback.last_model_path)
+    path = Path(found) if found else folder / "checkpoints" / "best.ckpt"
+    if not path.is_file():
+        raise GridError(f"the fit in {folder} wrote no checkpoint (is checkpointing disabled?)")
+    return path
+
+
+# The engine's lines: "attack 3/12 pgd linf rule eps=...: accuracy 0.41 (9 left, ETA 30s)" and
+# its heartbeat inside a cell; `sslr attack` hands them to Lightning's rank_zero_info.
+_ENGINE_LINE = re.compile(r"^attack \d+/\d+ ")
+
+
+class _Echo(logging.Handler):
+    """The engine's lines to ``echo``; warnings and errors on to the parent's handlers as
+    before; other info (the attack's own table, which the report shows) dropped."""
+
+    def __init__(self, echo) -> None:
+        super().__init__(logging.INFO)
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.getMessage())
+        if _ENGINE_LINE.match(message):
+            self.echo(f"    {message}")
+        elif record.levelno >= logging.WARNING and record.name != "sslr.robustness":
+            logging.getLogger(record.name).parent.handle(record)
+
+
+@contextlib.contextmanager
+def _engine_progress(echo):
+    """The evaluation engine's progress (a line per cell, a heartbeat at least every 10 s
+    inside a long one) on the grid's output while an attack stage runs: no long silence."""
+    from lightning_utilities.core import rank_zero  # its logger is Lightning's, once imported
+
+    handler = _Echo(echo)
+    loggers = [logging.getLogger("sslr.robustness"), rank_zero.log]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = logger is loggers[0]
+    try:
+        yield
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def say_now(line: str) -> None:
+    """A progress line, flushed at once (stdout is block-buffered when it is not a terminal)."""
+    print(line, flush=True)
