@@ -11,15 +11,18 @@ Errors a user can cause end with one line on stderr and exit status 2, never a t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import warnings
 from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 from jsonargparse import ArgumentError, DefaultHelpFormatter, set_parsing_settings
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -28,12 +31,23 @@ import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
+from sslr.atomic import FolderLock
 from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
 from sslr.loggers import fill_wandb_args, wire_wandb
 from sslr.packaged import resolve_config_args
 from sslr.quiet import quiet_third_party
-from sslr.run_folder import RunCSVLogger, child_name, resolve_ckpt_path, run_folder_of
+from sslr.run_folder import (
+    DONE_MARKER,
+    RunCSVLogger,
+    child_name,
+    latest_version,
+    mark_finished,
+    remove_leftover_temp_files,
+    resolve_ckpt_path,
+    run_folder_of,
+    same_config,
+)
 from sslr.trainer import SslrTrainer
 
 OTHER_COMMANDS = {
@@ -77,6 +91,8 @@ class SslrCLI(LightningCLI):
         if not subcommand or "ckpt_path" not in self.config[subcommand]:
             return
         config = self.config[subcommand]
+        # Lightning replaces `seed_everything: true` by the seed it draws: remember it was random.
+        self._random_seed = config.get("seed_everything") is True
         ckpt = resolve_ckpt_path(config.get("ckpt_path"), config.get("config") or [])
         config["ckpt_path"] = ckpt
         if not ckpt or ckpt in ("hpc", "registry"):
@@ -98,6 +114,60 @@ class SslrCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         _name_loggers(config, self.subcommand or "fit")
         _check_trainer_limits(config.get("trainer") or {})
+        if self.subcommand == "fit" and not config.get("ckpt_path"):
+            self._resume_unfinished(config)
+
+    def _resume_unfinished(self, config) -> None:
+        """The same ``sslr fit`` command again, after the run it started was stopped (kill -9):
+        resume that run from its last.ckpt, in its folder, instead of starting a new one.
+
+        A run counts as the same when its config.yaml equals this command's config (the
+        checkpoint path aside, and the seed when Lightning drew it); a run whose fit ended is
+        marked finished (``fit.done``) and the command starts a new run, as always.
+        """
+        import yaml
+
+        parent = _csv_logger_parent(config)
+        run = latest_version(parent) if parent is not None else None
+        if run is None or (run / DONE_MARKER).is_file() or not (run / "config.yaml").is_file():
+            return
+        last = run / "checkpoints" / "last.ckpt"
+        again = f"sslr fit --config {run / 'config.yaml'} --ckpt_path last"
+        try:
+            saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            saved = None
+        dumped = self.parser.dump(self.config, skip_none=False, format="yaml")
+        new = (yaml.safe_load(dumped) or {}).get(self.subcommand) or {}
+        ignore = ("seed_everything",) if getattr(self, "_random_seed", False) else ()
+        if not isinstance(saved, dict) or not same_config(saved, new, ignore):
+            if last.is_file():
+                rank_zero_info(
+                    f"sslr fit: the run {run} stopped before it finished, with another config; "
+                    f"starting a new run (to finish that one: {again})"
+                )
+            return
+        if not last.is_file():
+            rank_zero_info(
+                f"sslr fit: the run {run} stopped before its first checkpoint; starting a new run"
+            )
+            return
+        checkpoint = load_checkpoint(last, "the unfinished run's last.ckpt", mmap=True)
+        require_lightning(checkpoint, last)
+        check_config_fits(checkpoint, config.get("model"), last)
+        epoch = int(checkpoint.get("epoch", 0) or 0)
+        if ignore and isinstance(saved.get("seed_everything"), int):
+            # The run's own seed, not the one just drawn: the resumed run continues it.
+            config["seed_everything"] = saved["seed_everything"]
+            seed_everything(saved["seed_everything"], workers=True)
+        config["ckpt_path"] = str(last)
+        self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+        self._run_target = (run.resolve(), str(last))
+        rank_zero_info(
+            f"sslr fit: resuming the unfinished run {run} from its last.ckpt "
+            f"(epoch {epoch}, step {self._ckpt_step}) (to start a new run instead: change "
+            "--trainer.logger.save_dir, or delete that folder)"
+        )
 
     def instantiate_classes(self) -> None:
         try:
@@ -134,17 +204,88 @@ class SslrCLI(LightningCLI):
             run, ckpt = target
             if self.subcommand == "fit":  # a resume continues the run's own folder
                 logger = RunCSVLogger(run, keep_before_step=self._ckpt_step)
+            elif self.subcommand == "attack":  # one folder per attack: its results and metrics
+                logger = RunCSVLogger(self._attack_folder(run, ckpt))
             else:
                 logger = RunCSVLogger(run / child_name(self.subcommand, ckpt))
             others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
             trainer.loggers = [logger, *others]
+        if self.subcommand == "attack" and self.config_init["attack"].get("out_dir"):
+            _check_writable(Path(self.config_init["attack"]["out_dir"]))  # before any work
         if trainer.loggers:
             folder = trainer.loggers[0].log_dir
             _check_writable(Path(folder))
+            if self.subcommand == "fit" and _rank() == 0:
+                # One writer per run: a second fit (the same command started twice) is refused.
+                # The kernel drops the lock when this process ends, however it ends.
+                _HELD.append(FolderLock(folder, "run folder").__enter__())
+                # The lock file is the folder's first file: not the "previous logs" Lightning
+                # warns it would delete (a resume keeps its rows: RunCSVLogger).
+                warnings.filterwarnings("ignore", message="Experiment logs directory .* exists")
+                if target is not None:  # a resume: what the interrupted writes left behind
+                    for leftover in remove_leftover_temp_files(folder):
+                        rank_zero_info(
+                            f"sslr fit: removed {leftover}, left by an interrupted write"
+                        )
             rank_zero_info(f"sslr {self.subcommand}: run folder {folder}")
         wire_wandb(trainer, self.config[self.subcommand] if self.subcommand else self.config,
                    self.subcommand or "fit")  # fmt: skip
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except USER_ERRORS:
+            # Under DDP rank 0 says the error in one line and stops the other processes: left
+            # alone they would wait for it in a collective and print tracebacks when it is gone.
+            _stop_other_ranks(self.trainer)
+            raise
+
+    def _attack_folder(self, run: Path, ckpt: str) -> Path:
+        """Where ``sslr attack`` writes its results (sslr.attack_run decides): its metrics too."""
+        from sslr.attack_run import attack_folder, resolved_settings
+        from sslr.robustness import SuiteConfig
+
+        given = self.config_init[self.subcommand]
+        if given.get("out_dir"):
+            return Path(given["out_dir"])
+        suite = given.get("suite") or SuiteConfig()
+        task = "hashing" if "bits" in getattr(self.model, "hparams", {}) else "classification"
+        return attack_folder(run, ckpt, resolved_settings(suite, task, ckpt))
+
+    def after_fit(self) -> None:
+        """Mark the run finished when its fit ended (not when a signal stopped it early)."""
+        trainer = self.trainer
+        if trainer.state.status.value == "finished" and trainer.is_global_zero and trainer.loggers:
+            mark_finished(trainer.loggers[0].log_dir, trainer.current_epoch, trainer.global_step)
+
+
+def _stop_other_ranks(trainer) -> None:
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if _rank() == 0 and isinstance(launcher, _SubprocessScriptLauncher):
+        launcher.kill(signal.SIGKILL)
+
+
+def _rank() -> int:
+    """This process's rank under a DDP launch (0 for the process the user started)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+def _csv_logger_parent(config) -> Path | None:
+    """The folder holding a fresh fit's ``version_<k>`` folders (the CSV logger's save_dir/name),
+    or None when the config names the version itself (the grid's stages) or logs no CSV."""
+    loggers = config.trainer.get("logger")
+    if loggers in (None, True):
+        return None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if hasattr(logger, "class_path") and _short(logger.class_path) == "CSVLogger":
+            args = logger.init_args
+            if args.get("version") is not None:
+                return None
+            return Path(str(args.get("save_dir") or "runs")) / str(args.get("name") or "")
+    return None
 
 
 _LIMITS = (
@@ -280,6 +421,17 @@ def run(args: list[str]) -> SslrCLI:
         return _cli(parser_kwargs)
     finally:
         sys.argv = argv0
+        while _HELD:  # the run folder's lock, held for the command only
+            lock = _HELD.pop()
+            lock.__exit__(None, None, None)
+            if [p.name for p in lock.folder.iterdir()] == [".sslr.lock"]:
+                # The command stopped before writing anything: leave no empty run behind.
+                (lock.folder / ".sslr.lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    lock.folder.rmdir()
+
+
+_HELD: list[FolderLock] = []
 
 
 class _Parsed(Exception):
@@ -436,6 +588,6 @@ def _is_subclass(obj, base: type) -> bool:
 
 def _fail(message: str) -> int:
     # Under DDP every process meets the same error: only rank 0 says it.
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+    if _rank() == 0:
         print(f"sslr: error: {message}", file=sys.stderr)
     return 2

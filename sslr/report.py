@@ -238,7 +238,13 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
 
     from sslr.report_plots import draw_figures  # matplotlib only when writing
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, a read-only folder: before any file is written
+        raise ReportError(
+            f"Cannot write the report to {out}: {err.strerror} ({err.filename}); give --out a "
+            "path in a folder you can write to"
+        ) from err
     by_group: dict[tuple, list[Record]] = defaultdict(list)
     for record in records:
         by_group[(record.task, record.dataset, record.backbone, record.bits)].append(record)

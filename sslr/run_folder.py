@@ -13,6 +13,11 @@ sibling ``version_<k+1>``:
 
 ``--ckpt_path last`` (or ``best``) with ``--config <run>/config.yaml`` names that run's
 checkpoint; without a run to name it stops with one line instead of starting from scratch.
+
+A fit that ends marks its run finished (``fit.done``). Rerunning the command of a run that was
+stopped before that (``kill -9``, a lost machine) resumes it from its last.ckpt in the same folder
+(:func:`unfinished_run`), after removing the temporary files its interrupted writes left
+(:func:`remove_leftover_temp_files`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
@@ -28,7 +34,20 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from sslr.atomic import atomic_write
 from sslr.errors import UserError
 
-__all__ = ["RunCSVLogger", "child_name", "resolve_ckpt_path", "run_folder_of"]
+__all__ = [
+    "DONE_MARKER",
+    "RunCSVLogger",
+    "child_name",
+    "latest_version",
+    "mark_finished",
+    "remove_leftover_temp_files",
+    "resolve_ckpt_path",
+    "run_folder_of",
+    "same_config",
+]
+
+DONE_MARKER = "fit.done"
+"""Written (atomically) into the run folder when ``sslr fit`` ends without being interrupted."""
 
 
 def run_folder_of(ckpt_path: str | os.PathLike) -> Path | None:
@@ -57,6 +76,63 @@ def resolve_ckpt_path(value: str | None, config_files: list) -> str | None:
             "epoch): start it again without --ckpt_path"
         )
     return str(ckpt)
+
+
+def latest_version(parent: str | os.PathLike) -> Path | None:
+    """The ``version_<k>`` folder with the highest k in ``parent`` (what a new fit would follow)."""
+    folder = Path(parent)
+    if not folder.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := re.fullmatch(r"version_(\d+)", p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def mark_finished(run: str | os.PathLike, epoch: int, step: int) -> None:
+    """Mark the run finished: rerunning its command starts a new run instead of resuming it."""
+    atomic_write(Path(run) / DONE_MARKER, f"finished at epoch {epoch}, step {step}\n")
+
+
+_IGNORED_KEYS = ("ckpt_path", "config", "__path__")
+
+
+def same_config(saved: dict, new: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a run's saved config.yaml and a new command's config describe the same run.
+
+    ``ckpt_path`` (a resume writes it into config.yaml) and the config file names are ignored,
+    and any key in ``ignore`` (a seed Lightning drew at random).
+    """
+    skip = (*_IGNORED_KEYS, *ignore)
+
+    def strip(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in skip}
+
+    return strip(saved) == strip(new)
+
+
+# The temporary names of sslr.atomic: ".<name>.<8 random characters>.tmp" (atomic_open) and
+# ".<stem>.<8 random characters><suffix>" (atomic_write_with, e.g. a checkpoint or a plot).
+_TEMP_NAME = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)")
+
+
+def remove_leftover_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove what writes interrupted by ``kill -9`` left in ``folder`` and its subfolders.
+
+    Only hidden files named as sslr.atomic names its temporary files; call it while no other
+    process writes the folder (a resumed run, holding its lock, before training starts).
+    Returns what it removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*")):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if not path.is_file() or match is None:
+            continue
+        removed.append(path)
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def child_name(subcommand: str, ckpt_path: str | os.PathLike) -> str:

@@ -1,10 +1,11 @@
 """Kill the running `sslr fit` with SIGKILL at a point the test names (env SSLR_TEST_KILL).
 
-Run as ``python tests/app/kill_points.py fit ...``: it installs the kill point, then runs the CLI.
+Run as ``python tests/app/kill_points.py fit ...`` (or ``attack ...``): it installs the kill point, then runs the CLI.
 The process kills itself at exactly that point, so the test depends on no timing:
 
 - ``step:<n>``: after training step n (mid-epoch, between checkpoints);
-- ``save:<k>``: during the k-th checkpoint write, with half of the file's bytes written.
+- ``save:<k>``: during the k-th checkpoint write, with half of the file's bytes written;
+- ``say:<k>``: at the k-th progress line of ``sslr attack`` (mid-way through the suite).
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def install(point: str) -> None:
                 _die()
 
         FeedbackTask.on_train_batch_end = on_train_batch_end
+    elif kind == "say":
+        import sslr.trainer
+
+        said = {"n": 0}
+        real_say = sslr.trainer.rank_zero_info
+
+        def say(message: str) -> None:
+            real_say(message)
+            said["n"] += 1
+            if said["n"] == n:
+                _die()
+
+        sslr.trainer.rank_zero_info = say
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -3,6 +3,9 @@ what to do, no traceback, and nothing written or overwritten. No case trains a m
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning
@@ -47,6 +50,13 @@ def inputs(tmp_path_factory) -> Path:
     (runs / "config.yaml").write_text("model: {}\n")
     (runs / "metrics.csv").write_bytes(b"\x00\x01\xff\xfe\x00garbage")
     (folder / "empty_runs").mkdir()
+    good = folder / "good_runs" / "Digits" / "resnet18_bp" / "version_0"
+    good.mkdir(parents=True)
+    (good / "config.yaml").write_text(
+        "model:\n  class_path: sslr.ClassificationTask\n  init_args: {rule: bp, backbone: resnet18}\n"
+        "data:\n  class_path: sslr.data.Digits\n"
+    )
+    (good / "metrics.csv").write_text("epoch,step,val/acc,test/acc\n0,3,0.5,\n0,3,,0.6\n")
     return folder
 
 
@@ -134,6 +144,10 @@ ATTACK = {
     "eps not finite": (["--ckpt_path", "{in}/good.ckpt", "--suite.eps", "[nan]"], "eps"),
     "steps 0": (["--ckpt_path", "{in}/good.ckpt", "--suite.steps", "0"], "steps"),
     "unknown attack": (["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "[nosuch]"], "nosuch"),
+    "unwritable output folder": (
+        ["--ckpt_path", "{in}/good.ckpt", "--out_dir", "{in}/afile/attack"],
+        "is not a writable folder",
+    ),
     "unknown gradient": (
         ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[nosuch]"],
         "nosuch",
@@ -145,6 +159,8 @@ REPORT = {
     "empty folder": (["{in}/empty_runs"], "no run folders"),
     "corrupt folder": (["{in}/corrupt_runs"], "corrupt_runs"),
 }
+
+REPORT_OUT = {"unwritable output folder": (["{in}/good_runs"], "Cannot write the report")}
 
 
 def _skip_without_gpu_check(case: str) -> None:
@@ -176,3 +192,26 @@ def test_attack(case, inputs, cwd, capsys):
 def test_report(case, inputs, cwd, capsys):
     args, needle = REPORT[case]
     _check(["report", *args, "--out", "report.md"], needle, inputs, cwd, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_OUT))
+def test_report_output(case, inputs, cwd, capsys):
+    args, needle = REPORT_OUT[case]
+    _check(["report", *args, "--out", "{in}/afile/report.md"], needle, inputs, cwd, capsys)
+
+
+def test_under_ddp_only_rank_0_says_it(tmp_path):
+    # Two processes (gloo on the CPU) meet the same error once the run has started (the image
+    # folder is read in setup, on every rank): one line, from rank 0, and no traceback.
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sslr", "fit", *BASE, "--data", "ImageFolderData"]
+    cmd += ["--data.root", str(tmp_path / "images"), "--data.num_classes", "10"]
+    cmd += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=240)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-3000:]
+    assert "MEMBER: 2/2" in said, said[-3000:]  # the second process did start
+    assert "Traceback" not in said, said[-3000:]
+    lines = [line for line in said.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("sslr: error:"), said[-3000:]
+    assert "images" in lines[0] and "train" in lines[0], lines[0]

@@ -213,6 +213,9 @@ def test_attack_subcommand_on_a_fitted_run(bp_digits_run, capsys):
     assert main([*attack, *suite]) == 0
     (folder,) = (run / "attacks").iterdir()  # one folder per attack run, with its settings
     assert (folder / "suite.yaml").is_file()
+    # Its logged metrics are there too, not in a second folder for the same attack.
+    assert (folder / "metrics.csv").is_file()
+    assert [p.name for p in run.iterdir() if p.name.startswith("attack")] == ["attacks"]
     with open(folder / "robustness.csv") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

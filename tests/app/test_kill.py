@@ -1,11 +1,12 @@
-"""kill -9 at any moment of `sslr fit` leaves every file complete or absent, and resuming the
-run (``--config <run>/config.yaml --ckpt_path last``) finishes it exactly as an uninterrupted
-run would, in the same run folder."""
+"""kill -9 at any moment of `sslr fit` leaves every file complete or absent, and rerunning the
+same command (or ``--config <run>/config.yaml --ckpt_path last``) finishes the run exactly as an
+uninterrupted run would, in the same run folder."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,12 +28,16 @@ ARGS += ["--trainer.log_every_n_steps", "1"]
 
 
 def _fit(cwd: Path, *extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
+    return _sslr(cwd, "fit", *ARGS, *extra, kill=kill)
+
+
+def _sslr(cwd: Path, *args: str, kill: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     env.pop("SSLR_TEST_KILL", None)
     if kill:
         env["SSLR_TEST_KILL"] = kill
     helper = str(Path(__file__).with_name("kill_points.py"))
-    cmd = [sys.executable, helper, "fit", *ARGS, *extra]
+    cmd = [sys.executable, helper, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -60,25 +65,35 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(kill, tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = killed_dir / run_name
     # Complete or absent: every checkpoint there loads; the half-written one is not among them.
-    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    # (A write cut short is a hidden temporary file, never under a checkpoint's name; the next
+    # start removes it, checked below.)
+    ckpts = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
     assert ckpts, "epoch 0's checkpoints were written before the kill"
     for ckpt in ckpts:
         assert load_checkpoint(ckpt)["global_step"] == 4, ckpt  # epoch 0's, whole
     rows = _rows(run)
     assert all(len(row) == len(rows[0]) for row in rows)
 
-    resumed = _fit(killed_dir, "--config", str(run / "config.yaml"), "--ckpt_path", "last")
+    # The same command again: it finds its unfinished run and resumes it, in its folder.
+    resumed = _fit(killed_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"run folder {run}" in resumed.stdout + resumed.stderr or run.is_dir()
+    said = resumed.stdout + resumed.stderr
+    assert "resuming the unfinished run" in said and "(epoch 0, step 4)" in said, said[-3000:]
     assert not (run.parent / "version_1").exists()  # one run, one folder
+    assert (run / "fit.done").is_file()
+    hidden = [p.name for p in run.rglob(".*") if p.name != ".sslr.lock"]
+    assert hidden == [], hidden  # the interrupted write's temporary file is gone
     a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(run / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and any(".feedback_" in k for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
-    # The run's metrics: each step once, as many rows as the uninterrupted run's.
-    steps = [(r["step"], r.get("epoch"), bool(r.get("val/acc"))) for r in _rows(run)]
-    assert len(steps) == len(set(steps))
-    assert len(_rows(run)) == len(_rows(straight))
+
+    # The run's metrics: the uninterrupted run's rows, each once, in its order (a row is its
+    # epoch, step and the columns it fills: a step's loss and its epoch's metrics share a step).
+    def rows(folder: Path) -> list[tuple]:
+        return [(r["epoch"], r["step"], tuple(k for k, v in r.items() if v)) for r in _rows(folder)]
+
+    assert rows(run) == rows(straight)
 
 
 def test_resume_of_a_run_continues_its_folder_and_metrics(tmp_path, monkeypatch):
@@ -92,11 +107,11 @@ def test_resume_of_a_run_continues_its_folder_and_metrics(tmp_path, monkeypatch)
         main(
             [
                 "fit",
-                *args[:-2],
-                "--trainer.max_epochs",
-                "2",
                 "--config",
                 str(run / "config.yaml"),
+                # After the run's config, which holds max_epochs 1: the last value given wins.
+                "--trainer.max_epochs",
+                "2",
                 "--ckpt_path",
                 "last",
             ]
@@ -108,3 +123,37 @@ def test_resume_of_a_run_continues_its_folder_and_metrics(tmp_path, monkeypatch)
     assert after[: len(before)] == before  # epoch 0's rows kept, not deleted
     assert {r.get("epoch") for r in after if r.get("val/acc")} == {"0", "1"}
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
+    # The run is finished: its first command once more starts a new run, not a resume.
+    assert (run / "fit.done").is_file()
+    assert main(["fit", *args]) == 0
+    assert (run.with_name("version_1") / "fit.done").is_file()
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_path):
+    run = tmp_path / "run"  # a copy: the session's fixture run stays as it was
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(bp_digits_run / "config.yaml", run / "config.yaml")
+    shutil.copy(bp_digits_run / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    attack = ["attack", "--config", str(run / "config.yaml")]
+    attack += ["--ckpt_path", str(run / "checkpoints" / "best.ckpt")]
+    attack += ["--suite.attacks", "[fgsm, pgd]", "--suite.n_samples", "16", "--suite.steps", "2"]
+    attack += ["--suite.eps", "[0, 0.1]", "--suite.gradients", "[exact]"]
+
+    killed = _sslr(tmp_path, *attack, kill="say:3")  # the suite's second progress line
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (folder,) = (run / "attacks").iterdir()
+    assert not (folder / "robustness.csv").exists()  # absent, not half-written
+    assert not (folder / "robustness.png").exists()
+
+    again = _sslr(tmp_path, *attack)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in (run / "attacks").iterdir()] == [folder.name]  # the same folder
+    with open(folder / "robustness.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["attack"], float(r["eps"])) for r in rows) == [
+        ("fgsm", 0.0), ("fgsm", 0.1), ("pgd", 0.0), ("pgd", 0.1)
+    ]  # fmt: skip
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 and r["n"] == "16" for r in rows)
+    assert (folder / "suite.yaml").is_file()
+    assert [p.name for p in folder.rglob(".*") if p.name != ".sslr.lock"] == []

@@ -37,8 +37,11 @@ def test_short_run_learns_codes_far_better_than_random(trained):
     random_map = mean_average_precision(*random, queries, database)
 
     assert random_map < 0.2, random_map
-    assert test_map > 0.5 and test_map > random_map + 0.35, (test_map, random_map)
-    assert logged(trained.run_dir, "val/mAP")[-1] > 0.5
+    # Margins checked over seeds 0, 1, 2 of this short run from scratch (--seed_everything):
+    # test mAP 0.598, 0.646, 0.706 and val mAP 0.637, 0.660, 0.756; the bounds sit 0.2 below
+    # the lowest, still far above random codes (about 0.1).
+    assert test_map > 0.4 and test_map > random_map + 0.25, (test_map, random_map)
+    assert logged(trained.run_dir, "val/mAP")[-1] > 0.4
     assert (trained.run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (trained.run_dir / "checkpoints" / "last.ckpt").is_file()
 
