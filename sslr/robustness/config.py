@@ -65,6 +65,10 @@ class Backend(str, Enum):
 NormName = Literal["linf", "l2"]
 GradientName = Literal["rule", "exact", "eot", "transfer"]
 BackendName = Literal["torch", "art"]
+LossName = Literal["ce", "margin", "dlr"]
+AutoAttackVersion = Literal["standard", "fast"]
+LOSSES = ("ce", "margin", "dlr")
+VERDICT_EPS = {"linf": 64 / 255, "l2": 4.0}  # the large eps the masking verdict adds
 
 DEFAULT_EPS_LINF = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 DEFAULT_EPS_L2 = (0.0, 0.25, 0.5, 1.0)
@@ -167,6 +171,20 @@ class SuiteConfig:
         backend: ``torch`` (sslr's loop, fast) or ``art`` (ART's PGD; the reference).
         hag_margin: hashing: HAG's t in w_k = 1[|u_k - b_k| < 1 + t].
         dhta_anchors: hashing: DHTA's n_t, the target-label codes voting for the anchor.
+        loss: what ``pgd`` and ``apgd-ce`` ascend on classification: ``ce`` (cross-entropy),
+            ``margin`` (Carlini-Wagner: max other logit minus the true one) or ``dlr``
+            (Croce & Hein's scale-free margin; needs 3 classes). ``apgd-dlr`` always uses the
+            targeted DLR loss.
+        restarts: random starts per image of ``apgd-ce``, ``apgd-dlr`` and ``square``.
+        target_classes: ``apgd-dlr``'s target classes per image (AutoAttack's 9; clipped to
+            the classes - 1).
+        autoattack_version: ``fast`` (APGD-CE 25 iterations, APGD-T 3 targets x 25, Square
+            500 queries: minutes on a CPU) or ``standard`` (100, 9 x 100, 5,000: AutoAttack's
+            budget, for a GPU).
+        square_backend: ``torch`` (sslr's Square on the device, the default) or ``art``
+            (ART's NumPy Square, the reference).
+        verdict: add one large eps per norm (64/255 L-inf, 4.0 L2) so that the masking
+            verdict's ``large_eps`` check is measured.
     """
 
     attacks: list[str] | None = None
@@ -186,6 +204,12 @@ class SuiteConfig:
     backend: BackendName = "torch"
     hag_margin: float = 0.5
     dhta_anchors: int = 9
+    loss: LossName = "ce"
+    restarts: int = 1
+    target_classes: int = 9
+    autoattack_version: AutoAttackVersion = "fast"
+    square_backend: BackendName = "torch"
+    verdict: bool = False
 
     def __post_init__(self) -> None:
         from sslr.robustness.registry import check_attacks, get_attack
@@ -198,7 +222,7 @@ class SuiteConfig:
                 "rule, exact, eot, transfer"
             )
         if self.attacks is not None and not self.attack_kinds:
-            raise ValueError("attacks is empty: name at least one of fgsm, pgd, square")
+            raise ValueError("attacks is empty: name at least one of fgsm, pgd, apgd-ce, square")
         check_attacks(self.attack_kinds)
         if not self.norm_kinds:
             raise ValueError("norms is empty: name at least one of linf, l2")
@@ -211,7 +235,15 @@ class SuiteConfig:
         for norm in Norm:  # both lists, also the one of a norm not chosen now
             if not self.eps_for(norm) and norm in self.norm_kinds:
                 raise ValueError(f"No epsilon given for norm {norm.value}")
-        for name in ("steps", "eot_samples", "queries", "n_samples", "batch_size", "dhta_anchors"):
+        if str(self.loss).lower() not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}: known losses are {', '.join(LOSSES)}")
+        if self.autoattack_version not in ("standard", "fast"):
+            raise ValueError(
+                f"Unknown autoattack_version {self.autoattack_version!r}: use standard or fast"
+            )
+        _parse(Backend, [self.square_backend], "square_backend")
+        names = ("steps", "eot_samples", "queries", "n_samples", "batch_size", "dhta_anchors")
+        for name in names + ("restarts", "target_classes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -262,8 +294,12 @@ class SuiteConfig:
     def eps_for(self, norm: Norm) -> tuple[float, ...]:
         """The epsilons of ``norm`` (validated; duplicates dropped)."""
         if norm is Norm.LINF:
-            return _check_eps(self.eps, "eps", upper=1.0)
-        return _check_eps(self.eps_l2, "eps_l2", upper=None)
+            values = _check_eps(self.eps, "eps", upper=1.0)
+        else:
+            values = _check_eps(self.eps_l2, "eps_l2", upper=None)
+        if self.verdict and VERDICT_EPS[norm.value] not in values:
+            values = values + (VERDICT_EPS[norm.value],)
+        return values
 
     def steps_of(self, attack: str) -> int:
         """The ``steps`` column of ``attack``'s rows: 1 for FGSM, Square's query budget."""
@@ -274,6 +310,10 @@ class SuiteConfig:
     def step_of(self, attack: str, eps: float) -> float:
         """Absolute step (alpha) of a white-box attack at ``eps``."""
         return eps if attack == "fgsm" else self.step_size * eps / self.steps
+
+    @property
+    def loss_name(self) -> str:
+        return str(self.loss).lower()
 
     @property
     def wants_transfer(self) -> bool:
