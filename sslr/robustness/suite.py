@@ -498,5 +498,15 @@ def run_suite(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "robustness.csv")
         png = plot_curves(rows, out_dir / "robustness.png")
-    log_rows(rows, loggers, step=step, png=png)
+    log_rows(rows, loggers, step=step, png=png, run_meta=_run_meta(target, data))
     return rows
+
+
+def _run_meta(target, data) -> dict:
+    """Rule, backbone and dataset of a task for the W&B tables (an AttackTarget has none)."""
+    from sslr.loggers import run_meta_of
+
+    if getattr(target, "hparams", None) is None:
+        return {}
+    datamodule = data if hasattr(data, "test_dataloader") else None
+    return run_meta_of(target, datamodule)
