@@ -1,0 +1,56 @@
+"""``sslr attack`` with the reference attacks on the BP-trained quickstart model: rows for each
+attack (AutoAttack's members and ensemble included), a ``worst`` row per eps and norm that is
+at most every row it covers, and ``masking.csv`` beside robustness.csv. Kept small: 16 images,
+few steps, one eps."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+from sslr.cli import main
+
+
+def test_attack_writes_reference_rows_worst_rows_and_masking_csv(bp_digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(bp_digits_run, run)
+    args = ["attack", "--config", str(run / "config.yaml")]
+    args += ["--ckpt_path", str(run / "checkpoints" / "best.ckpt")]
+    args += ["--suite.attacks", "[apgd-ce, apgd-dlr, autoattack, square]"]
+    args += ["--suite.n_samples", "16", "--suite.steps", "3", "--suite.queries", "20"]
+    args += ["--suite.target_classes", "2", "--suite.eps", "[0, 0.03]"]
+    args += ["--suite.gradients", "[exact]"]
+    assert main(args) == 0
+    (folder,) = (run / "attacks").iterdir()
+    with open(folder / "robustness.csv") as f:
+        rows = list(csv.DictReader(f))
+    attacks = {r["attack"] for r in rows}
+    assert attacks == {
+        "apgd-ce",
+        "apgd-dlr",
+        "autoattack/apgd-ce",
+        "autoattack/apgd-t",
+        "autoattack/square",
+        "autoattack",
+        "square",
+        "worst",
+    }
+    worst = [r for r in rows if r["attack"] == "worst"]
+    assert sorted(float(r["eps"]) for r in worst) == [0.0, 0.03]
+    for w in worst:
+        covered = [
+            float(r["accuracy"])
+            for r in rows
+            if r["attack"] != "worst" and (r["norm"], r["eps"]) == (w["norm"], w["eps"])
+        ]
+        assert len(covered) == 7 and float(w["accuracy"]) <= min(covered)
+    clean = float(next(r["accuracy"] for r in worst if float(r["eps"]) == 0))
+    assert clean > 0.5  # a trained model: far above chance
+    with open(folder / "masking.csv") as f:
+        checks = list(csv.DictReader(f))
+    assert {c["check"] for c in checks} >= {"rule_vs_exact", "large_eps", "monotonic"}
+    assert all(c["flagged"] in ("True", "False") for c in checks)
+    out = capsys.readouterr().out
+    table = out[out.index("robustness (n = 16)") :]
+    assert table.splitlines()[2].lstrip().startswith("worst")  # first line after the header
+    assert "check" in out and "degenerate_gradients" in out  # the verdict is printed
