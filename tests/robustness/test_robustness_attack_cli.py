@@ -54,3 +54,36 @@ def test_attack_writes_reference_rows_worst_rows_and_masking_csv(bp_digits_run, 
     table = out[out.index("robustness (n = 16)") :]
     assert table.splitlines()[2].lstrip().startswith("worst")  # first line after the header
     assert "check" in out and "degenerate_gradients" in out  # the verdict is printed
+
+
+def test_an_offline_wandb_attack_run_has_the_robustness_table(bp_digits_run, tmp_path, monkeypatch):
+    """The engine's logger output reaches W&B as log_robustness's table: one row per attack,
+    norm, gradient and eps, with the model's rule, and the worst case among them."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(bp_digits_run, run)
+    args = ["attack", "--config", str(run / "config.yaml")]
+    args += ["--config", str(root / "configs" / "overlays" / "wandb.yaml")]
+    args += ["--ckpt_path", str(run / "checkpoints" / "best.ckpt")]
+    args += ["--suite.attacks", "[fgsm]", "--suite.n_samples", "8"]
+    args += ["--suite.eps", "[0, 0.03]", "--suite.gradients", "[rule, exact]"]
+    assert main(args) == 0
+    tables = list(tmp_path.rglob("files/media/table/robust/table_*.json"))
+    assert tables, sorted(str(p) for p in tmp_path.rglob("*.json"))
+    table = json.loads(tables[0].read_text())
+    columns = table["columns"]
+    for name in ("rule", "attack", "norm", "eps", "gradient", "accuracy", "n"):
+        assert name in columns, columns
+    data = [dict(zip(columns, row, strict=True)) for row in table["data"]]
+    assert {d["rule"] for d in data} == {"bp"}
+    assert {(d["attack"], d["gradient"]) for d in data} == {
+        ("fgsm", "rule"),
+        ("fgsm", "exact"),
+        ("worst", "any"),
+    }
+    assert sorted({d["eps"] for d in data}) == [0.0, 0.03]
