@@ -9,7 +9,6 @@ stated gradient source (``rule``, ``exact``, ``eot``, ``transfer``); results as
     rows = run_suite(task, datamodule, SuiteConfig(n_samples=500), out_dir=run_dir)
 """
 
-import sslr.robustness.reference  # noqa: F401  (registers apgd-ce, apgd-dlr, square, autoattack)
 from sslr.results import COLUMNS, RobustnessRow, accuracies
 from sslr.robustness.attacks import AttackBoundsError
 from sslr.robustness.config import Attack, Backend, GradientSource, Norm, SuiteConfig
