@@ -3,7 +3,8 @@ surrogate), hand the models to the evaluation engine, keep the results, print th
 
 Where results go: a folder per attack run, ``<run>/attacks/<checkpoint>-<key>/``, holding
 ``suite.yaml`` (the resolved suite settings and the checkpoint attacked), ``robustness.csv``
-and ``robustness.png``; ``<key>`` is a hash of those settings. Two attacks with different
+(with the ``worst`` rows: the robust accuracy to quote), ``robustness.png`` and
+``masking.csv`` (the gradient-masking verdict, one row per check, also printed); ``<key>`` is a hash of those settings. Two attacks with different
 settings keep both results; the same attack again rewrites its own folder with the same rows.
 A caller that names ``out_dir`` (the grid) gets the files there instead.
 
@@ -16,8 +17,10 @@ The former hashing options (``--hashing.*``) are refused with one line naming th
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ import yaml
 
 from sslr.atomic import FolderLock, atomic_write
 from sslr.errors import UserError
+from sslr.masking import format_verdict, verdict
 from sslr.results import RobustnessRow, format_table
 from sslr.robustness import SuiteConfig, SuiteResult, run_suite
 from sslr.robustness.config import RENAMED
@@ -135,6 +139,7 @@ def attack_checkpoint(
         folder = attack_folder(Path(run_dir or Path(ckpt_path).parent), ckpt_path, settings)
     folder.mkdir(parents=True, exist_ok=True)
     say(f"sslr attack: {ckpt_path} (rule {model.rule}, {task}) -> {folder}")
+    result = result if result is not None else SuiteResult()
     with FolderLock(folder, "attack"):
         rows = run_suite(
             model,
@@ -146,6 +151,25 @@ def attack_checkpoint(
             progress=say,
             result=result,
         )
+        checks = verdict(rows, degenerate_share=result.degenerate_share)
+        write_masking(checks, folder / MASKING_CSV)
         atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
     say(format_table(rows))
+    say(format_verdict(checks))
     return rows
+
+
+MASKING_CSV = "masking.csv"
+MASKING_COLUMNS = ("check", "metric", "value", "threshold", "flagged", "where")
+
+
+def write_masking(checks, path: Path) -> Path:
+    """``masking.csv``: one row per check of the verdict (check, metric, value, threshold,
+    flagged, where it was worst), written atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(MASKING_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for check in checks:
+        writer.writerow(check.as_row())
+    atomic_write(path, out.getvalue())
+    return path

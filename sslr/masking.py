@@ -121,12 +121,17 @@ def noise_margin(n: int, z: float = 2.0) -> float:
     return z * 0.5 / math.sqrt(max(int(n), 1))
 
 
+def _member(attack: str) -> str:
+    """An ensemble member's own name (``autoattack/square`` -> ``square``)."""
+    return attack.rsplit("/", 1)[-1]
+
+
 def _iterative(attack: str) -> bool:
-    return attack == "pgd" or attack.startswith("apgd")
+    return _member(attack) == "pgd" or _member(attack).startswith("apgd")
 
 
 def _black_box(row: _Row) -> bool:
-    return row.attack in BLACK_BOX or row.gradient == "transfer"
+    return _member(row.attack) in BLACK_BOX or row.gradient == "transfer"
 
 
 def _white_box(row: _Row) -> bool:

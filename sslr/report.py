@@ -46,6 +46,7 @@ from sslr.report_records import (  # noqa: F401  (re-exported: the report's publ
     format_eps,
     group_order,
     group_title,
+    masking_summary,
     order_key,
     read_clean,
     read_config,
@@ -216,6 +217,8 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     runs.sort(key=lambda r: (group_order(r.group), order_key(r.rule, RULE_ORDER)))
     notes += [f"Skipped {why}." for why in skipped]
     for run in runs:
+        for line in masking_summary(run.path, run.sources):
+            notes.append(f"{group_title(run.group)} · {run.rule}: {line}.")
         if any(source.startswith("attacks/") for source in run.sources):
             used = ", ".join(f"`{source}`" for source in run.sources)
             clean = f"{run.clean_source} of metrics.csv and " if run.clean_source else ""

@@ -200,10 +200,14 @@ def order_key(name: str, order: Sequence[str]) -> tuple:
     return (order.index(name), "") if name in order else (len(order), name)
 
 
+WORST = "worst"  # the per-image worst case over every attack and gradient: the number to quote
+
+
 def column_order(column: tuple) -> tuple:
+    """Clean first, then the worst case (the robust accuracy to quote), then the attacks."""
     attack, norm, metric, steps, eps, gradient = column
     return (
-        0 if attack == CLEAN else 1 if attack == SUBSET else 2,
+        0 if attack == CLEAN else 1 if attack == WORST else 2 if attack == SUBSET else 3,
         attack,
         norm,
         metric,
@@ -374,6 +378,33 @@ def robustness_files(folder: Path) -> list[Path]:
     files = [folder / "robustness.csv"] if (folder / "robustness.csv").is_file() else []
     attacks = sorted((folder / "attacks").glob("*/robustness.csv"))
     return files + sorted(attacks, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def masking_summary(folder: Path, sources: Sequence[str]) -> list[str]:
+    """One sentence per ``masking.csv`` beside the run's robustness.csv files: the checks the
+    gradient-masking verdict flagged, with value and threshold, or that it flagged none."""
+    import csv
+
+    lines = []
+    for source in sources:
+        path = folder / Path(source).parent / "masking.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            checks = list(csv.DictReader(handle))
+        flagged = [c for c in checks if str(c.get("flagged")).lower() == "true"]
+        where = path.relative_to(folder)
+        if not flagged:
+            lines.append(f"masking verdict ({where}): no sign of gradient masking in "
+                         f"{len(checks)} checks")  # fmt: skip
+            continue
+        said = "; ".join(
+            f"{c['check']} {float(c['value']):.3f} > {float(c['threshold']):.3f}"
+            + (f" at {c['where']}" if c.get("where") else "")
+            for c in flagged
+        )
+        lines.append(f"masking verdict ({where}): FLAGGED {said}")
+    return lines
 
 
 def read_run(folder: Path) -> tuple[Run | None, str | None]:

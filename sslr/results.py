@@ -140,7 +140,8 @@ def eps_label(eps: float, norm: str) -> str:
 
 def format_table(rows: Sequence[RobustnessRow]) -> str:
     """The rows as a plain-text table: one line per attack, norm, gradient source and metric,
-    one column per epsilon (what ``sslr attack`` prints when it ends)."""
+    one column per epsilon (what ``sslr attack`` prints when it ends); the ``worst`` lines (the
+    per-image worst case over every attack and gradient) first."""
     if not rows:
         return "(no rows)"
     lines: dict[tuple, dict[tuple, float]] = {}
@@ -151,6 +152,8 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
         )
         columns.setdefault((r.norm, r.eps), eps_label(r.eps, r.norm))
     order = sorted(columns, key=lambda c: (c[0] != "linf", c[0], c[1]))
+    # the worst case (the number to quote) first
+    lines = dict(sorted(lines.items(), key=lambda item: item[0][0] != "worst"))
     head = ["attack", "norm", "gradient", "metric", "steps", *(columns[c] for c in order)]
     body = [
         [a, nm, g, m, str(s), *(f"{cells[c]:.4f}" if c in cells else "" for c in order)]

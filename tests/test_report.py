@@ -484,3 +484,33 @@ def test_every_attack_run_of_a_run_is_read_and_named(tmp_path):
         "attacks/best-bbbb/robustness.csv",
     )
     assert "attacks/best-bbbb/robustness.csv" in report.markdown
+
+
+def test_worst_case_is_the_first_column_after_clean_and_the_verdict_is_summarised(tmp_path):
+    """An `sslr attack` folder with `worst` rows and a masking.csv: the worst case is the
+    first column after clean accuracy, and the flagged checks are named in the notes."""
+    rows = [
+        ("fgsm", "linf", E8, 1, "rule", 0.40, 10),
+        ("pgd", "linf", E8, 10, "rule", 0.30, 10),
+        ("square", "linf", E8, 100, "none", 0.20, 10),
+        ("worst", "linf", E8, 0, "any", 0.10, 10),
+    ]
+    run = write_run(tmp_path / "run", "usf", 0.9, [])
+    folder = run / "attacks" / "best-cccc"
+    folder.mkdir(parents=True)
+    lines = ["attack,norm,eps,steps,gradient,accuracy,n,metric"]
+    lines += [",".join(map(str, r)) + ",accuracy" for r in rows]
+    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+    (folder / "masking.csv").write_text(
+        "check,metric,value,threshold,flagged,where\n"
+        "blackbox_beats_whitebox,accuracy,0.1,0.316,False,square vs pgd\n"
+        "degenerate_gradients,accuracy,0.8,0.05,True,\n"
+    )
+    report = build_report([tmp_path], tmp_path / "report.md")
+    header, (row,) = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert header[1] == "clean acc"
+    assert header[2] == "worst Linf ε=8/255 any"
+    assert row[2] == "0.100"
+    (note,) = [n for n in report.notes if "masking verdict" in n]
+    assert "FLAGGED degenerate_gradients 0.800 > 0.050" in note
+    assert "blackbox_beats_whitebox" not in note and "usf" in note

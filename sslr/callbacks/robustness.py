@@ -112,7 +112,10 @@ class RobustnessEvaluation(Callback):
                 rows, out_dir / f"{stage}_step={step}.png", title=f"{stage}, step {step}"
             )
         prefix = self.prefix.format(stage=stage)
-        log_rows(rows, trainer.loggers, step=step, png=png, prefix=prefix)
+        from sslr.loggers import run_meta_of
+
+        meta = run_meta_of(pl_module, getattr(trainer, "datamodule", None))
+        log_rows(rows, trainer.loggers, step=step, png=png, prefix=prefix, run_meta=meta)
         self.results.append((stage, step, rows))
 
     def _load_surrogate(self, pl_module: LightningModule):

@@ -205,22 +205,33 @@ def pgd_attack(provider, x, y, *, eps, norm, settings, generator):
     )
     if settings.backend_kind is Backend.ART:
         return pgd_art(provider, x, y, **kwargs)
+    if settings.loss_name != "ce" and not getattr(provider, "_codes", False):
+        # PGD on the margin or DLR loss (sslr.attacks.losses) along the same gradient source
+        return pgd(_LossProvider(provider, settings.loss_name), x, y, generator=generator, **kwargs)
     return pgd(provider, x, y, generator=generator, **kwargs)
 
 
-def square_attack(provider, x, y, *, eps, norm, settings, generator):
-    """ART's Square with ``settings.queries`` queries (draws from NumPy, seeded per cell)."""
-    return square(
-        provider, x, y, norm=norm, eps=eps, queries=settings.queries, batch_size=settings.batch_size
-    )
+class _LossProvider:
+    """``loss_gradient`` of the margin or DLR loss through the provider's model callable
+    (its gradient source and EOT draws included), NaN entries counted by the provider."""
+
+    def __init__(self, provider, loss: str) -> None:
+        from sslr.attacks.losses import loss_function
+
+        self.provider, self.fn = provider, loss_function(loss)
+
+    def loss_gradient(self, x, y, **kwargs):
+        labels = y.argmax(dim=1)
+        return self.provider.gradient(x, labels, lambda z, t: self.fn(z, t).sum())
 
 
 register_attack("fgsm", fgsm_attack, steps=lambda s: 1)
 register_attack("pgd", pgd_attack)
-register_attack(
-    "square", square_attack, white_box=False, tasks=("classification",), steps=lambda s: s.queries
-)
 # The hashing attacks are PGD on their code objective (see sslr.robustness.hashing).
 register_attack("hag", pgd_attack, tasks=("hashing",), objective="hag")
 register_attack("p2p", pgd_attack, tasks=("hashing",), objective="p2p", targeted=True)
 register_attack("dhta", pgd_attack, tasks=("hashing",), objective="dhta", targeted=True)
+
+# The field's reference attacks (APGD-CE, APGD-T, Square on the device, AutoAttack) register
+# after these, so that error messages list the attacks in this order.
+import sslr.robustness.reference  # noqa: E402, F401

@@ -12,6 +12,7 @@ from art.estimators.classification import PyTorchClassifier
 from art.preprocessing.standardisation_mean_std.pytorch import StandardisationMeanStdPyTorch
 from torch import nn
 
+from sslr.attacks.gradient import degenerate_gradients
 from sslr.feedback import exact_gradients, feedback_layers, resampling
 from sslr.robustness.config import GradientSource
 from sslr.robustness.target import AttackTarget
@@ -111,6 +112,10 @@ class GradientSourceClassifier(PyTorchClassifier):
         self.eot_samples = eot_samples if self.source is GradientSource.EOT else 1
         self._stack: ExitStack | None = None
         self.nan_count = torch.zeros((), dtype=torch.long, device=device)
+        # Input gradients seen, and those all zero or not finite (the masking verdict's share)
+        self.gradient_count = torch.zeros((), dtype=torch.long, device=device)
+        self.degenerate_count = torch.zeros((), dtype=torch.long, device=device)
+        self.transfer = False  # crafted on a surrogate (set by the engine)
         self._codes = labels == "codes"
         if self._codes:  # ART set these for its CrossEntropyLoss; code targets reduce nothing
             self._reduce_labels = self._int_labels = self._probability_labels = False
@@ -147,9 +152,16 @@ class GradientSourceClassifier(PyTorchClassifier):
     def _count_nan(self, grad: torch.Tensor) -> torch.Tensor:
         if not isinstance(grad, torch.Tensor):  # ART's NumPy path (the art backend)
             return grad
+        self.note_degenerate(degenerate_gradients(grad))
         nan = grad.isnan()
         self.nan_count += nan.sum().to(self.nan_count.device)
         return grad.masked_fill(nan, 0.0)
+
+    def note_degenerate(self, degenerate: torch.Tensor, white_box: bool = True) -> None:
+        """Count per-image flags (N,) bool: the input gradient was all zero or not finite."""
+        if white_box:
+            self.gradient_count += degenerate.numel()
+            self.degenerate_count += degenerate.sum().to(self.degenerate_count.device)
 
     def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
         """Gradient of the objective w.r.t. ``x`` (pixel units) along the gradient source."""

@@ -90,35 +90,6 @@ def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | No
     return path
 
 
-def _log_wandb(experiment, rows: Sequence[RobustnessRow], png: Path | None, prefix: str) -> None:
-    import wandb
-
-    # The stroke names the run too: where W&B draws several runs' tables in one custom chart,
-    # each run keeps its own lines instead of being joined to the others'.
-    run = getattr(experiment, "name", None) or "run"
-    columns = [*COLUMNS, "run", "series"]
-
-    def table(subset):
-        data = [
-            [*(getattr(r, c) for c in COLUMNS), run, f"{run}: {r.attack}/{r.gradient}"]
-            for r in subset
-        ]
-        return wandb.Table(columns=columns, data=data)
-
-    payload = {f"{prefix}/table": table(rows)}
-    for norm in dict.fromkeys(r.norm for r in rows):
-        payload[f"{prefix}/curve_{norm}"] = wandb.plot.line(
-            table([r for r in rows if r.norm == norm]),
-            x="eps",
-            y="accuracy",
-            stroke="series",
-            title=f"{rows[0].metric if rows else 'accuracy'} vs eps ({norm})",
-        )
-    if png is not None:
-        payload[f"{prefix}/plot"] = wandb.Image(str(png))
-    experiment.log(payload)
-
-
 def log_rows(
     rows: Sequence[RobustnessRow],
     loggers: Iterable,
@@ -126,16 +97,26 @@ def log_rows(
     step: int | None = None,
     png: str | Path | None = None,
     prefix: str = "robust",
+    run_meta: dict | None = None,
 ) -> dict[str, float]:
     """Log the rows to Lightning loggers: ``robust/<attack>/<gradient>/eps=<eps>`` metrics to
-    every logger (CSVLogger, TensorBoard, ...); to a ``WandbLogger`` also a ``wandb.Table``, one
-    line plot per norm (``robust/curve_<norm>``, so runs overlay on the dashboard) and the PNG.
-    Returns the metrics."""
+    every logger (CSVLogger, TensorBoard, ...); to a ``WandbLogger`` also the tables of
+    :func:`sslr.loggers.log_robustness` (rule, backbone, dataset, attack, norm, eps, gradient,
+    the metric and n; a line chart per norm; eps curves in the history, so runs overlay on the
+    dashboard) and the PNG. ``run_meta``: the model's rule, backbone and dataset
+    (:func:`sslr.loggers.run_meta_of`). Returns the metrics."""
+    from sslr.loggers import log_robustness
+
+    loggers = list(loggers)
     metrics = rows_to_metrics(rows, prefix)
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
-        if _is_wandb(logger):
-            _log_wandb(logger.experiment, rows, None if png is None else Path(png), prefix)
+    log_robustness(loggers, rows, run_meta or {}, prefix=prefix)
+    for logger in loggers:
+        if _is_wandb(logger) and png is not None:
+            import wandb
+
+            logger.experiment.log({f"{prefix}/plot": wandb.Image(str(png))})
         logger.save()
     return metrics
 

@@ -56,6 +56,12 @@ class AttackSpec:
             clean code), ``hag``, ``p2p`` / ``dhta`` (pull to an anchor of n_t codes); for
             classification ``ce``.
         targeted: whether it aims at a target (hashing: scored by t-mAP).
+        min_classes: the fewest classes a classifier must have for it (APGD-T's DLR loss
+            needs 4); checked before any work.
+        member_steps: for an ensemble (AutoAttack), whose function returns
+            ``{member name: x_adv}``: the ``steps`` column of a member's row,
+            ``member_steps(settings, name)``. The engine writes a row per member and one for
+            the ensemble (an image is robust when every member left it correct).
     """
 
     name: str
@@ -65,6 +71,12 @@ class AttackSpec:
     steps: Callable = lambda settings: settings.steps  # noqa: E731
     objective: str = "pgd"
     targeted: bool = False
+    min_classes: int = 2
+    member_steps: Callable | None = None
+
+    @property
+    def ensemble(self) -> bool:
+        return self.member_steps is not None
 
 
 _REGISTRY: dict[str, AttackSpec] = {}
@@ -79,6 +91,8 @@ def register_attack(
     steps: Callable | None = None,
     objective: str = "pgd",
     targeted: bool = False,
+    min_classes: int = 2,
+    member_steps: Callable | None = None,
 ) -> AttackSpec:
     """Add (or replace) an attack; returns its entry."""
     unknown = set(tasks) - set(TASKS)
@@ -92,6 +106,8 @@ def register_attack(
         steps=steps or (lambda settings: settings.steps),
         objective=objective,
         targeted=targeted,
+        min_classes=min_classes,
+        member_steps=member_steps,
     )
     _REGISTRY[spec.name] = spec
     return spec

@@ -50,6 +50,14 @@ class SuiteResult:
 
     rows: list[RobustnessRow] = field(default_factory=list)
     per_image: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    gradients: int = 0  # input gradients the attacks took on the attacked model
+    degenerate: int = 0  # of which all zero or not finite
+
+    @property
+    def degenerate_share(self) -> float | None:
+        """The share of input gradients that were all zero or not finite (None: no gradient
+        was taken, e.g. query attacks only)."""
+        return self.degenerate / self.gradients if self.gradients else None
 
 
 class _Progress:
@@ -121,11 +129,51 @@ def attack_cell(
     gradient: GradientSource,
     config: SuiteConfig,
     beat: Callable[[int, int], None] = lambda batch, batches: None,
+    counts: dict | None = None,
 ) -> torch.Tensor:
     """One cell: the per-image outcomes of ``spec`` at ``eps`` in ``norm`` along ``gradient``
     (crafted on the surrogate for ``transfer``). Every example is checked to lie in its eps
     ball and in [0, 1] (:class:`~sslr.robustness.AttackBoundsError` otherwise); NaN gradient
-    entries are treated as 0 with one warning per cell."""
+    entries are treated as 0 with one warning per cell. For an ensemble, the ensemble's
+    outcomes (see :func:`cell_outcomes` for its members')."""
+    outcomes = cell_outcomes(
+        evaluation,
+        spec,
+        context,
+        norm=norm,
+        eps=eps,
+        gradient=gradient,
+        config=config,
+        beat=beat,
+        counts=counts,
+    )
+    return outcomes[spec.name]
+
+
+def _robust_everywhere(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per image: robust under every one of ``parts`` (bool (N,) each)."""
+    robust = parts[0].clone()
+    for part in parts[1:]:
+        robust &= part
+    return robust
+
+
+def cell_outcomes(
+    evaluation,
+    spec: AttackSpec,
+    context: dict,
+    *,
+    norm: Norm,
+    eps: float,
+    gradient: GradientSource,
+    config: SuiteConfig,
+    beat: Callable[[int, int], None] = lambda batch, batches: None,
+    counts: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """The per-image outcomes of one cell by row name: ``{spec.name: outcomes}``; for an
+    ensemble (AutoAttack) also one entry per member (``autoattack/apgd-ce``, ...), the
+    ensemble's being the images every member left correct. ``counts`` (a dict) receives the
+    input gradients seen and those all zero or not finite (``gradients``, ``degenerate``)."""
     if eps <= 0:
         raise ValueError("eps must be > 0 here: eps = 0 is the clean score")
     if spec.white_box == (gradient is GradientSource.NONE):
@@ -147,23 +195,28 @@ def attack_cell(
         loss=evaluation.loss(spec),
         labels=evaluation.labels,
     )
+    provider.transfer = gradient is GradientSource.TRANSFER
     goals = context["goals"][id(crafted_on)]
     networks = {id(m.network): m.network for m in (target, crafted_on)}.values()
-    outcomes, excess = [], torch.full((), -1.0, device=device)
+    outcomes: dict[str, list[torch.Tensor]] = {}
+    excess = torch.full((), -1.0, device=device)
     batches = -(-x.shape[0] // config.batch_size)
     # One gradient context for the whole cell: brsf's draws go on from step to step.
     with attack_mode(*networks, warn_train_mode=False), provider:
         generator = torch.Generator(device=crafting).manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # Square and ART's random start draw from NumPy
+        np.random.seed(config.seed % 2**32)  # ART's Square and random start draw from NumPy
         for k, i in enumerate(range(0, x.shape[0], config.batch_size)):
             index = slice(i, i + config.batch_size)
             xb, yb = x[index].to(crafting), goals[index].to(crafting)
             adv = spec.run(
                 provider, xb, yb, eps=eps, norm=norm, settings=config, generator=generator
             )
-            xb, adv = xb.to(device), adv.to(device)
-            excess = torch.maximum(excess, bound_excess(xb, adv, eps, norm))
-            outcomes.append(evaluation.outcome(adv, index))
+            advs = adv if isinstance(adv, dict) else {spec.name: adv}
+            xb = xb.to(device)
+            for name, example in advs.items():
+                example = example.to(device)
+                excess = torch.maximum(excess, bound_excess(xb, example, eps, norm))
+                outcomes.setdefault(name, []).append(evaluation.outcome(example, index))
             beat(k + 1, batches)
     what = f"{spec.name} ({norm.value}, eps={eps:.4g}, gradient={gradient.value})"
     check_bounds(excess, what)
@@ -173,7 +226,61 @@ def attack_cell(
             RuntimeWarning,
             stacklevel=2,
         )
-    return torch.cat(outcomes)
+    if counts is not None and not provider.transfer:
+        counts["gradients"] = counts.get("gradients", 0) + int(provider.gradient_count)
+        counts["degenerate"] = counts.get("degenerate", 0) + int(provider.degenerate_count)
+    done = {name: torch.cat(parts) for name, parts in outcomes.items()}
+    if spec.ensemble:
+        done[spec.name] = _robust_everywhere(list(done.values()))
+    return done
+
+
+WORST = "worst"
+WORST_GRADIENT = "any"
+
+
+def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
+    """Per norm and eps, the per-image worst case over every attack and gradient source that
+    ran (an image is robust only if every cell left it correctly classified): the robust
+    accuracy to quote. Classification only (hashing outcomes are codes scored by mAP). The
+    per-image masks are kept in ``result.per_image`` under ``("worst", norm, "any", eps)``."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for (attack, norm, _gradient, eps), outcomes in result.per_image.items():
+        if outcomes.dtype == torch.bool and "/" not in attack:  # members are in the ensemble
+            groups.setdefault((norm, eps), []).append(outcomes)
+    rows = []
+    for (norm, eps), parts in groups.items():
+        robust = _robust_everywhere(parts)
+        result.per_image[(WORST, norm, WORST_GRADIENT, eps)] = robust
+        rows.append(
+            RobustnessRow(
+                attack=WORST,
+                norm=norm,
+                eps=eps,
+                steps=0,
+                gradient=WORST_GRADIENT,
+                accuracy=int(robust.sum()) / max(robust.numel(), 1),
+                n=n,
+                metric="accuracy",
+            )
+        )
+    return rows
+
+
+def check_classes(specs, config: SuiteConfig, num_classes: int) -> None:
+    """An attack (or loss) that needs more classes than the model has: one ValueError, before
+    any work."""
+    for spec in specs:
+        if num_classes < spec.min_classes:
+            raise ValueError(
+                f"Attack {spec.name!r} needs at least {spec.min_classes} classes, the model has "
+                f"{num_classes}: on a {num_classes}-class task use apgd-ce or pgd"
+            )
+    if config.loss_name == "dlr" and num_classes < 3:
+        raise ValueError(
+            f"The dlr loss needs at least 3 classes, the model has {num_classes}: use "
+            "--suite.loss ce or margin"
+        )
 
 
 def run_cells(
@@ -184,9 +291,9 @@ def run_cells(
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
     """Every cell of ``config`` on ``evaluation`` (a task's evaluation), in the order attack,
-    norm, gradient source, epsilon. eps = 0 is not attacked: its rows hold the clean score of
-    the same images. ``eot`` is skipped (with a warning) for a target without brsf layers,
-    where it equals ``rule``."""
+    norm, gradient source, epsilon, then (classification) the ``worst`` rows. eps = 0 is not
+    attacked: its rows hold the clean score of the same images. ``eot`` is skipped (with a
+    warning) for a target without brsf layers, where it equals ``rule``."""
     target = evaluation.target
     specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
     _check_surrogate(config, specs, evaluation.surrogate)
@@ -203,6 +310,7 @@ def run_cells(
     result, n = SuiteResult(), int(evaluation.x.shape[0])
     models = [m for m in (target, evaluation.surrogate) if m is not None]
     networks = {id(m.network): m.network for m in models}.values()
+    counts: dict[str, int] = {}
     with attack_mode(*networks, warn_train_mode=warn_train_mode):
         contexts: dict[str, dict] = {}
         for spec, norm, source, eps in cells:
@@ -211,9 +319,14 @@ def run_cells(
             context = contexts[spec.name]
             what = f"{spec.name} {norm.value} eps={eps:.4g} {source.value}"
             if eps == 0.0:
-                outcomes = evaluation.clean(config.batch_size)
+                clean = evaluation.clean(config.batch_size)
+                names = [spec.name]
+                if spec.ensemble:
+                    names = [f"{spec.name}/{m}" for m in _member_names(spec, config, target)]
+                    names.append(spec.name)
+                outcomes = {name: clean for name in names}
             else:
-                outcomes = attack_cell(
+                outcomes = cell_outcomes(
                     evaluation,
                     spec,
                     context,
@@ -222,25 +335,39 @@ def run_cells(
                     gradient=source,
                     config=config,
                     beat=lambda b, nb, what=what: meter.beat(what, b, nb),
+                    counts=counts,
                 )
-            value = evaluation.score(context, outcomes)
             metric = evaluation.metric(spec)
-            row = RobustnessRow(
-                attack=spec.name,
-                norm=norm.value,
-                eps=eps,
-                steps=spec.steps(config),
-                gradient=source.value,
-                accuracy=float(value),
-                n=n,
-                metric=metric,
-            )
-            result.per_image[(spec.name, norm.value, source.value, eps)] = outcomes
-            result.rows.append(row)
+            for name, per_image in outcomes.items():
+                steps = spec.steps(config) if name == spec.name else spec.member_steps(config, name)
+                value = evaluation.score(context, per_image)
+                row = RobustnessRow(
+                    attack=name,
+                    norm=norm.value,
+                    eps=eps,
+                    steps=steps,
+                    gradient=source.value,
+                    accuracy=float(value),
+                    n=n,
+                    metric=metric,
+                )
+                result.per_image[(name, norm.value, source.value, eps)] = per_image
+                result.rows.append(row)
+                log.debug("%s", row)
             if eps > 0:
+                value = evaluation.score(context, outcomes[spec.name])
                 meter.finished(what, metric, value)
-            log.debug("%s", row)
+    if evaluation.task == "classification":
+        result.rows.extend(worst_rows(result, n))
+    result.gradients = counts.get("gradients", 0)
+    result.degenerate = counts.get("degenerate", 0)
     return result
+
+
+def _member_names(spec: AttackSpec, config: SuiteConfig, target) -> list[str]:
+    from sslr.robustness.reference import members
+
+    return list(members(config, target.num_classes))
 
 
 def evaluate(
@@ -263,6 +390,7 @@ def classification_evaluation(target, x, y, config, surrogate=None) -> Classific
     surrogate = None if surrogate is None else as_target(surrogate)
     specs = [get_attack(a) for a in config.attacks_for("classification")]
     _check_surrogate(config, specs, surrogate)
+    check_classes(specs, config, target.num_classes)
     device = target.device
     return ClassificationEvaluation(target, surrogate, x.to(device), y.to(device))
 
@@ -362,6 +490,7 @@ def run_suite(
     done = run_cells(evaluation, config, warn_train_mode=warn_train_mode, progress=progress)
     if result is not None:
         result.rows[:], result.per_image = done.rows, done.per_image
+        result.gradients, result.degenerate = done.gradients, done.degenerate
     rows = done.rows
     png = None
     if out_dir is not None:
@@ -369,5 +498,15 @@ def run_suite(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "robustness.csv")
         png = plot_curves(rows, out_dir / "robustness.png")
-    log_rows(rows, loggers, step=step, png=png)
+    log_rows(rows, loggers, step=step, png=png, run_meta=_run_meta(target, data))
     return rows
+
+
+def _run_meta(target, data) -> dict:
+    """Rule, backbone and dataset of a task for the W&B tables (an AttackTarget has none)."""
+    from sslr.loggers import run_meta_of
+
+    if getattr(target, "hparams", None) is None:
+        return {}
+    datamodule = data if hasattr(data, "test_dataloader") else None
+    return run_meta_of(target, datamodule)

@@ -77,6 +77,7 @@ def test_callback_at_fit_end_every_epoch_and_test_end(target, digits, tmp_path):
     assert [s for s, _, _ in callback.results] == ["fit", "fit", "test"]
 
     for _, _, rows in callback.results:
+        rows = [r for r in rows if r.attack != "worst"]
         assert [r.gradient for r in rows] == ["rule", "rule", "exact", "exact"]
         assert rows[0].accuracy >= 0.8 and rows[1].accuracy <= 0.1  # attacked, also under test
         assert all(r.n == 24 for r in rows)

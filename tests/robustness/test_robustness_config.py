@@ -11,7 +11,13 @@ def test_defaults_are_the_documented_ones():
     config = SuiteConfig()
     assert config.attack_kinds == (Attack.FGSM, Attack.PGD)
     assert config.norm_kinds == (Norm.LINF,)
-    assert config.eps_for(Norm.LINF) == pytest.approx([k / 255 for k in (0, 1, 2, 4, 8, 16)])
+    assert config.eps_for(Norm.LINF) == pytest.approx([k / 255 for k in (0, 2, 8)])
+    assert config.eps_for(Norm.L2) == pytest.approx([0.0, 0.5])
+    assert config.n_samples == 100 and config.loss == "ce" and config.restarts == 1
+    assert config.autoattack_version == "fast" and config.square_backend == "torch"
+    # the verdict's large eps is added when asked for
+    asked = SuiteConfig(verdict=True)
+    assert asked.eps_for(Norm.LINF) == pytest.approx([k / 255 for k in (0, 2, 8, 64)])
     assert config.gradient_sources == (
         GradientSource.RULE,
         GradientSource.EXACT,
@@ -29,7 +35,10 @@ def test_defaults_are_the_documented_ones():
         ({"eps": [0.0, -0.1]}, "eps must be finite and >= 0"),
         ({"eps": [8.0]}, "not in /255 units"),
         ({"eps_l2": [float("nan")]}, "eps_l2 must be finite"),
-        ({"attacks": ["pgdd"]}, "known attacks are fgsm, pgd, square"),
+        (
+            {"attacks": ["pgdd"]},
+            "known attacks are fgsm, pgd, hag, p2p, dhta, apgd-ce, apgd-dlr, square, autoattack",
+        ),
         ({"norms": ["l1"]}, "known norms are linf, l2"),
         ({"gradients": ["true"]}, "known gradient sources are rule, exact, eot, transfer"),
         ({"gradients": ["none"]}, "Known gradient sources are rule, exact, eot, transfer"),

@@ -58,7 +58,7 @@ def test_model_state_is_unchanged_after_the_suite(target, test_subset):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainModeWarning)  # the root is in eval mode: no warning
         rows = evaluate(target, *test_subset, SuiteConfig(**CONFIG))
-    assert len(rows) == 2 * 2 * 2 + 2
+    assert len(rows) == 2 * 2 * 2 + 2 + 2  # + square, + the worst case per eps
     assert accuracies(rows, attack="pgd", gradient="exact")[1] < 0.5  # it did attack
     _assert_same(before, _state(net))
     assert torch.equal(torch.get_rng_state(), torch_rng)

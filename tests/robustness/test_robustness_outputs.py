@@ -32,8 +32,8 @@ def dataset(test_subset):
 def test_csv_png_and_csv_logger(target, dataset, tmp_path):
     logger = CSVLogger(tmp_path, name="run")
     rows = run_suite(target, dataset, CONFIG, loggers=[logger], out_dir=tmp_path, step=7)
-    # 2 white-box attacks x 2 norms x 2 sources x their eps, + square x (3 + 2) eps
-    assert len(rows) == 2 * 2 * (3 + 2) + (3 + 2)
+    # 2 white-box attacks x 2 norms x 2 sources x their eps, + square and worst x (3 + 2) eps
+    assert len(rows) == 2 * 2 * (3 + 2) + 2 * (3 + 2)
 
     with (tmp_path / "robustness.csv").open() as f:
         reader = csv.reader(f)
@@ -44,7 +44,7 @@ def test_csv_png_and_csv_logger(target, dataset, tmp_path):
     assert tuple(header) == COLUMNS and len(body) == len(rows)
     assert read_csv(tmp_path / "robustness.csv") == rows
     assert {r.gradient for r in rows if r.attack == "square"} == {"none"}
-    assert {r.steps for r in rows} == {1, 3, 10}
+    assert {r.steps for r in rows} == {0, 1, 3, 10}  # worst: 0
 
     png = (tmp_path / "robustness.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -77,10 +77,10 @@ def test_wandb_offline_run_gets_table_and_line_plots(target, dataset, tmp_path, 
     assert len(media) == 1, list((tmp_path / "wandb").rglob("*"))
     (table_file,) = media[0].glob("table/robust/table_*.table.json")
     table = json.loads(table_file.read_text())
-    assert table["columns"] == [*COLUMNS, "run", "series"]
-    assert [tuple(r[:8]) for r in table["data"]] == [tuple(r.as_dict().values()) for r in rows]
-    run = table["data"][0][8]
-    assert {r[-1] for r in table["data"]} == {f"{run}: pgd/rule", f"{run}: pgd/exact"}
-    assert len(list(media[0].glob("table/robust/curve_linf_table_*.table.json"))) == 1
+    meta = ["rule", "backbone", "dataset"]
+    assert table["columns"] == [*meta, "attack", "norm", "eps", "gradient", "accuracy", "n"]
+    logged = sorted(tuple(r[3:]) for r in table["data"])
+    assert logged == sorted((r.attack, r.norm, r.eps, r.gradient, r.accuracy, r.n) for r in rows)
+    assert len(list(media[0].glob("table/robust/chart_accuracy_linf_table_*.table.json"))) == 1
     assert len(list(media[0].glob("images/robust/plot_*.png"))) == 1
     assert summary["robust/pgd/exact/eps=0.25"] == pytest.approx(rows[-1].accuracy)

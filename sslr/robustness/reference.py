@@ -1,0 +1,169 @@
+"""The field's reference attacks in the evaluation engine: APGD-CE, APGD-T with the DLR loss
+(``apgd-dlr``), the Square attack on the device, and the AutoAttack ensemble, each an entry of
+the registry (:mod:`sslr.robustness.registry`), so each runs under every gradient source
+(``rule``, ``exact``, ``eot``, ``transfer``) and both norms.
+
+The algorithms live in :mod:`sslr.attacks` (torch only); this module adapts them to the
+registry's shape. The provider is the model callable the algorithms take: ``provider(x)``
+gives logits along the cell's gradient source (its context is entered around the cell), and
+``provider.eot_samples`` is the number of backward passes averaged per step (``eot``).
+
+AutoAttack's members each attack every image here (each member's own accuracy is a row of
+robustness.csv) and the engine counts an image robust only if every member left it correctly
+classified: the ensemble's accuracy, the same per image as AutoAttack's cascade, which stops
+attacking an image once one member broke it (Croce & Hein 2020). FAB-T is not built.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sslr.attacks.apgd import AttackResult, apgd, apgd_targeted
+from sslr.attacks.autoattack import MEMBERS
+from sslr.attacks.square import square
+from sslr.robustness.registry import register_attack
+
+AUTOATTACK = "autoattack"
+
+
+def _keep(provider) -> str:
+    """A transfer attack's success on the surrogate means nothing: keep its highest-loss
+    point rather than its first success (see :mod:`sslr.attacks.gradient`)."""
+    return "max_loss" if getattr(provider, "transfer", False) else "adversarial"
+
+
+def _record(provider, out: AttackResult) -> torch.Tensor:
+    """Count the images whose first input gradient was zero or not finite (the masking
+    verdict's share), and return the examples."""
+    note = getattr(provider, "note_degenerate", None)
+    if note is not None:
+        note(out.degenerate, white_box=bool(out.degenerate.numel()))
+    return out.x_adv
+
+
+def _common(provider, settings, generator) -> dict:
+    return dict(
+        restarts=settings.restarts,
+        generator=generator,
+        eot_samples=provider.eot_samples,
+        keep=_keep(provider),
+        num_classes=provider.target.num_classes,
+    )
+
+
+def apgd_ce_attack(provider, x, y, *, eps, norm, settings, generator):
+    """APGD (Croce & Hein 2020), untargeted, on ``settings.loss`` (cross-entropy by default),
+    ``settings.steps`` iterations and ``settings.restarts`` random starts."""
+    out = apgd(
+        provider,
+        x,
+        y.argmax(dim=1),
+        eps=eps,
+        norm=norm.value,
+        loss=settings.loss_name,
+        steps=settings.steps,
+        **_common(provider, settings, generator),
+    )
+    return _record(provider, out)
+
+
+def apgd_dlr_attack(provider, x, y, *, eps, norm, settings, generator):
+    """AutoAttack's APGD-T: targeted DLR loss towards each of the ``settings.target_classes``
+    classes with the highest clean logits after the top one, ``settings.steps`` iterations
+    each; an image counts as broken when any target run misclassifies it."""
+    out = apgd_targeted(
+        provider,
+        x,
+        y.argmax(dim=1),
+        eps=eps,
+        norm=norm.value,
+        loss="dlr",
+        steps=settings.steps,
+        n_target_classes=settings.target_classes,
+        **_common(provider, settings, generator),
+    )
+    return _record(provider, out)
+
+
+def square_attack(provider, x, y, *, eps, norm, settings, generator):
+    """The Square attack (Andriushchenko et al. 2020) on the device with ``settings.queries``
+    queries; ART's NumPy Square with ``square_backend: art`` (the reference)."""
+    if settings.square_backend == "art":
+        from sslr.robustness.attacks import square as square_through_art
+
+        return square_through_art(
+            provider,
+            x,
+            y,
+            norm=norm,
+            eps=eps,
+            queries=settings.queries,
+            batch_size=settings.batch_size,
+        )
+    out = square(
+        provider,
+        x,
+        y.argmax(dim=1),
+        eps=eps,
+        norm=norm.value,
+        queries=settings.queries,
+        restarts=settings.restarts,
+        generator=generator,
+    )
+    return out.x_adv
+
+
+def members(settings, num_classes: int) -> dict:
+    """AutoAttack's members of ``settings.autoattack_version`` (APGD-T left out below 4
+    classes, as AutoAttack's DLR loss needs 4 logits): name -> (function, settings)."""
+    chosen = dict(MEMBERS[settings.autoattack_version])
+    if num_classes < 4:
+        chosen.pop("apgd-t")
+    return chosen
+
+
+def autoattack_attack(provider, x, y, *, eps, norm, settings, generator):
+    """Every AutoAttack member on every image: ``{f"autoattack/{member}": x_adv}``; the
+    engine scores each and the ensemble (an image is robust when every member failed)."""
+    labels = y.argmax(dim=1)
+    out = {}
+    for name, (fn, kwargs) in members(settings, provider.target.num_classes).items():
+        kwargs = dict(kwargs, eps=eps, norm=norm.value, seed=settings.seed)
+        if fn is square:
+            out[f"{AUTOATTACK}/{name}"] = fn(provider, x, labels, **kwargs).x_adv
+            continue
+        result = fn(
+            provider,
+            x,
+            labels,
+            eot_samples=provider.eot_samples,
+            keep=_keep(provider),
+            num_classes=provider.target.num_classes,
+            **kwargs,
+        )
+        out[f"{AUTOATTACK}/{name}"] = _record(provider, result)
+    return out
+
+
+def _autoattack_steps(settings) -> int:
+    return MEMBERS[settings.autoattack_version]["apgd-ce"][1]["steps"]
+
+
+def _member_steps(settings, key: str) -> int:
+    """The ``steps`` column of a member's row: its iterations, or Square's queries."""
+    kwargs = MEMBERS[settings.autoattack_version][key.split("/", 1)[1]][1]
+    return int(kwargs.get("steps", kwargs.get("queries", 0)))
+
+
+register_attack("apgd-ce", apgd_ce_attack, tasks=("classification",), min_classes=2)
+register_attack("apgd-dlr", apgd_dlr_attack, tasks=("classification",), min_classes=4)
+register_attack(
+    "square", square_attack, white_box=False, tasks=("classification",), steps=lambda s: s.queries
+)
+register_attack(
+    AUTOATTACK,
+    autoattack_attack,
+    tasks=("classification",),
+    steps=_autoattack_steps,
+    member_steps=_member_steps,
+)
