@@ -222,8 +222,13 @@ def test_attack_subcommand_on_a_fitted_run(bp_digits_run, capsys):
     assert reader.fieldnames == [
         *("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric")
     ]
-    assert len(rows) == 2 * 2 * 3  # attacks x gradient sources x epsilons
-    acc = {(r["attack"], r["gradient"], float(r["eps"])): float(r["accuracy"]) for r in rows}
+    cells = [r for r in rows if r["attack"] != "worst"]
+    worst = {float(r["eps"]): float(r["accuracy"]) for r in rows if r["attack"] == "worst"}
+    assert len(cells) == 2 * 2 * 3  # attacks x gradient sources x epsilons
+    assert sorted(worst) == [0, 0.03, 0.3]  # one per-image worst case per eps
+    acc = {(r["attack"], r["gradient"], float(r["eps"])): float(r["accuracy"]) for r in cells}
+    for (_, _, eps), value in acc.items():
+        assert worst[eps] <= value  # the worst case is at most every row it covers
     clean = {v for (_, _, eps), v in acc.items() if eps == 0}
     assert len(clean) == 1  # eps = 0 is the clean accuracy of the same subset, for every row
     (clean,) = clean
