@@ -48,6 +48,9 @@ def test_help_names_every_subcommand_and_keeps_line_breaks(capsys):
     assert "\n  sslr report: " in out and "\n  sslr demo: " in out
 
 
+# jsonargparse walks every subclass of every typed option to list completion choices: minutes
+# of CPU with torch's optimizers and schedulers registered, so it runs with the slow tests.
+@pytest.mark.slow
 def test_shell_completion_script(capsys):
     assert main(["--print_shtab", "bash"]) == 0
     script = capsys.readouterr().out

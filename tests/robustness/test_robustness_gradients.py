@@ -113,7 +113,7 @@ def test_brsf_draws_fresh_feedback_every_step_and_eot_averages(converted, test_s
         n_samples=32,
     )
     rows = evaluate(target, x, y, config)
-    assert {r.gradient for r in rows} == {"rule", "exact", "eot"}
+    assert {r.gradient for r in rows if r.attack != "worst"} == {"rule", "exact", "eot"}
     assert evaluate(target, x, y, config) == rows  # seeded: the same numbers again
     draws = [int(b) for n, b in target.network.named_buffers() if n.endswith("feedback_draws")]
     assert draws and set(draws) == {1}  # attacks leave the training sequence of B alone
@@ -124,7 +124,7 @@ def test_eot_is_skipped_with_a_warning_for_deterministic_rules(converted, test_s
     config = SuiteConfig(**{**CONFIG, "gradients": ["rule", "eot"], "eps": [0.0, 8 / 255]})
     with pytest.warns(UserWarning, match="'eot' skipped"):
         rows = evaluate(target, *test_subset, config)
-    assert {r.gradient for r in rows} == {"rule"}
+    assert {r.gradient for r in rows if r.attack != "worst"} == {"rule"}
 
 
 def test_transfer_from_a_surrogate_with_the_same_weights_equals_exact(
@@ -188,6 +188,7 @@ def test_classification_task_and_surrogate_checkpoint(test_subset, target, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows = run_suite(usf, dataset, config, surrogate=surrogate, out_dir=tmp_path)
+    rows = [r for r in rows if r.attack != "worst"]  # the per-image worst case comes last
     assert [r.gradient for r in rows] == ["exact", "exact", "transfer", "transfer"]
     assert rows[1].accuracy == rows[3].accuracy  # same weights: transfer = exact
     assert rows[0].accuracy == (usf(x[:8]).argmax(1) == y[:8]).float().mean().item()
