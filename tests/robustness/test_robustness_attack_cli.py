@@ -6,12 +6,16 @@ few steps, one eps."""
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 
 from sslr.cli import main
 
 
-def test_attack_writes_reference_rows_worst_rows_and_masking_csv(bp_digits_run, tmp_path, capsys):
+def test_attack_writes_reference_rows_worst_rows_and_masking_csv(
+    bp_digits_run, tmp_path, capsys, caplog
+):
+    caplog.set_level(logging.INFO)  # the table goes through Lightning's rank-zero logger
     run = tmp_path / "run"
     shutil.copytree(bp_digits_run, run)
     args = ["attack", "--config", str(run / "config.yaml")]
@@ -51,7 +55,7 @@ def test_attack_writes_reference_rows_worst_rows_and_masking_csv(bp_digits_run, 
     assert {c["check"] for c in checks} >= {"rule_vs_exact", "large_eps", "monotonic"}
     assert all(c["flagged"] in ("True", "False") for c in checks)
     captured = capsys.readouterr()
-    out = captured.out + captured.err
+    out = captured.out + captured.err + caplog.text
     table = out[out.index("robustness (n = ") :]
     assert table.splitlines()[2].lstrip().startswith("worst")  # first line after the header
     assert "check" in out and "degenerate_gradients" in out  # the verdict is printed
