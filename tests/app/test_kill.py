@@ -152,7 +152,7 @@ def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_pa
     with open(folder / "robustness.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["attack"], float(r["eps"])) for r in rows) == [
-        ("fgsm", 0.0), ("fgsm", 0.1), ("pgd", 0.0), ("pgd", 0.1)
+        ("fgsm", 0.0), ("fgsm", 0.1), ("pgd", 0.0), ("pgd", 0.1), ("worst", 0.0), ("worst", 0.1)
     ]  # fmt: skip
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and r["n"] == "16" for r in rows)
     assert (folder / "suite.yaml").is_file()
