@@ -524,7 +524,7 @@ def main(args: list[str] | None = None) -> int:
 
         return getattr(importlib.import_module(module), func)(argv[1:])
     try:
-        _check_config_files(argv)
+        _check_config_files(resolve_config_args(argv))  # packaged configs by name first
         cli = run(argv)
     except ArgumentError as err:
         return _fail(_argument_message(err))
