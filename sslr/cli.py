@@ -417,10 +417,15 @@ def run(args: list[str]) -> SslrCLI:
     # The args become the command line: Lightning's DDP launcher re-executes sys.argv to start
     # the other processes, so they must see the same subcommand and options.
     argv0, sys.argv = sys.argv, [sys.argv[0], *args]
+    open_run = _wandb_run()
+    failed = True
     try:
-        return _cli(parser_kwargs)
+        cli = _cli(parser_kwargs)
+        failed = False
+        return cli
     finally:
         sys.argv = argv0
+        _finish_wandb_run_started_since(open_run, failed)
         while _HELD:  # the run folder's lock, held for the command only
             lock = _HELD.pop()
             lock.__exit__(None, None, None)
@@ -432,6 +437,19 @@ def run(args: list[str]) -> SslrCLI:
 
 
 _HELD: list[FolderLock] = []
+
+
+def _wandb_run():
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
+
+
+def _finish_wandb_run_started_since(earlier, failed: bool) -> None:
+    """A W&B run this command started ends with it: Lightning leaves it open, so in one Python
+    process (the demo, the grid, a notebook) the next WandbLogger would silently reuse it."""
+    current = _wandb_run()
+    if current is not None and current is not earlier:
+        current.finish(exit_code=1 if failed else 0)
 
 
 class _Parsed(Exception):

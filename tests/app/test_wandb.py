@@ -121,7 +121,7 @@ def fitted(tmp_path_factory):
         assert main([*test, "--trainer.limit_test_batches", "1"]) == 0
         import wandb
 
-        wandb.finish()
+        assert wandb.run is None  # each command's W&B run ended with the command
     finally:
         os.chdir(cwd)
         if mode is None:

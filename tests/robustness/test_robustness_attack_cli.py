@@ -78,6 +78,9 @@ def test_an_offline_wandb_attack_run_has_the_robustness_table(bp_digits_run, tmp
     args += ["--suite.attacks", "[fgsm]", "--suite.n_samples", "8"]
     args += ["--suite.eps", "[0, 0.03]", "--suite.gradients", "[rule, exact]"]
     assert main(args) == 0
+    import wandb
+
+    assert wandb.run is None  # the command's W&B run ended with it
     tables = list(tmp_path.rglob("files/media/table/robust/table_*.json"))
     assert tables, sorted(str(p) for p in tmp_path.rglob("*.json"))
     table = json.loads(tables[0].read_text())

@@ -58,16 +58,13 @@ def test_csv_png_and_csv_logger(target, dataset, tmp_path):
     assert "robust/pgd-l2/exact/eps=2" in logged[0]
 
 
-# Known defect: passes alone (`pytest -m slow -k wandb_offline_run_gets`), but writes no offline
-# run when W&B tests of the CLI ran earlier in the same process; cause not yet found.
-@pytest.mark.slow
 def test_wandb_offline_run_gets_table_and_line_plots(target, dataset, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    import wandb
-
     wandb.teardown()  # an earlier test's disabled-mode settings would outlive the env change
+    assert wandb.run is None  # an earlier command left no run open for this logger to reuse
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
