@@ -26,9 +26,18 @@ def packaged_config(name: str) -> Path | None:
     base = config_dir().resolve()
     for candidate in (base / name, base / f"{name}.yaml"):
         candidate = candidate.resolve()
-        if candidate.is_file() and base in candidate.parents:
+        if _is_path(candidate, file=True) and base in candidate.parents:
             return candidate
     return None
+
+
+def _is_path(text: str | Path, file: bool = False) -> bool:
+    """Whether ``text`` names an existing file (or folder); False for text no file system takes
+    as a name (too long, a NUL), as inline YAML given to --config can be."""
+    try:
+        return Path(text).is_file() if file else Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
@@ -38,13 +47,13 @@ def resolve_config_args(args: list[str]) -> list[str]:
     for arg in args:
         if expect:
             expect = False
-            if not Path(arg).exists() and (found := packaged_config(arg)):
+            if (found := packaged_config(arg)) and not _is_path(arg):
                 arg = str(found)
         elif arg in ("--config", "-c"):
             expect = True
         elif arg.startswith("--config="):
             value = arg.split("=", 1)[1]
-            if not Path(value).exists() and (found := packaged_config(value)):
+            if (found := packaged_config(value)) and not _is_path(value):
                 arg = f"--config={found}"
         out.append(arg)
     return out

@@ -161,6 +161,21 @@ def test_dry_run_prints_the_commands_and_writes_nothing(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "spec", sorted((ROOT / "configs" / "grid").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_grid_parses_every_stage(spec, capsys, tmp_path):
+    """Each shipped grid's every stage command parses (a dry run checks them all, loads no
+    data and writes nothing), with the inline base configs and string suite options they use."""
+    code = main(["grid", "--config", str(spec), "--out", "g", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    grid = yaml.safe_load(spec.read_text())
+    stages = len(grid["backbones"]) * (1 + 2 * len(grid["rules"]))
+    assert out.count("would run") == stages and "would write" in out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_demo_is_a_grid_file(capsys, tmp_path):
     """`sslr demo` runs configs/grid/quickstart_demo.yaml: Digits, bp and usf from one BP
     checkpoint, PGD at 8 and 16/255 through rule, exact and transfer."""

@@ -34,8 +34,12 @@ def test_shipped_configs_are_found_by_name(tmp_path, monkeypatch):
     # A file of that name here wins; unknown names, paths and inline YAML are left to the parser.
     (tmp_path / "quickstart").write_text("seed_everything: 1\n")
     assert resolve_config_args(["--config", "quickstart"]) == ["--config", "quickstart"]
-    for value in ("nosuchconfig", "../configs/quickstart", "trainer: {max_epochs: 1}"):
+    # Inline YAML longer than a file name may be (a grid's inline base_config) is no name.
+    long_inline = "{trainer: {max_epochs: 1}, data: {init_args: {" + "x" * 300 + ": 1}}}"
+    for value in ("nosuchconfig", "../configs/quickstart", "trainer: {max_epochs: 1}", long_inline):
         assert resolve_config_args(["--config", value]) == ["--config", value]
+        assert resolve_config_args([f"--config={value}"]) == [f"--config={value}"]
+    assert resolve_config_args(["--config", "x" * 300]) == ["--config", "x" * 300]
 
 
 def test_help_names_every_subcommand_and_keeps_line_breaks(capsys):

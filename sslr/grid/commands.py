@@ -61,7 +61,9 @@ class StageCommands:
             args += [*grid.finetune_args, "--ckpt_path", str(ckpt)]
             args += ["--out_dir", str(grid.out / backbone / rule)]  # the run's own folder
             for key, value in grid.suite.items():
-                args += [f"--suite.{key}", json.dumps(value)]
+                # A string as it is: JSON's quotes would be part of the value to the parser.
+                text = value if isinstance(value, str) else json.dumps(value)
+                args += [f"--suite.{key}", text]
             if surrogate is not None:
                 args += ["--suite.surrogate_ckpt", str(surrogate)]
             return [*args, *grid.attack_args]

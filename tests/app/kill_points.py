@@ -1,11 +1,16 @@
-"""Kill the running `sslr fit` with SIGKILL at a point the test names (env SSLR_TEST_KILL).
+"""Kill a running `sslr fit`, `sslr attack` or `sslr grid` with SIGKILL at a point the test
+names (env SSLR_TEST_KILL).
 
-Run as ``python tests/app/kill_points.py fit ...`` (or ``attack ...``): it installs the kill point, then runs the CLI.
+Run as ``python tests/app/kill_points.py fit ...`` (or ``attack ...``, ``grid ...``): it
+installs the kill point, then runs the CLI.
 The process kills itself at exactly that point, so the test depends on no timing:
 
 - ``step:<n>``: after training step n (mid-epoch, between checkpoints);
 - ``save:<k>``: during the k-th checkpoint write, with half of the file's bytes written;
-- ``say:<k>``: at the k-th progress line of ``sslr attack`` (mid-way through the suite).
+- ``say:<k>``: at the k-th progress line of ``sslr attack`` (mid-way through the suite);
+- ``echo:<k>``: after the k-th line ``sslr grid`` prints (its stage lines and the attack
+  stages' progress lines);
+- ``marker:<k>``: right after ``sslr grid`` wrote its k-th stage marker (started or done).
 """
 
 from __future__ import annotations
@@ -70,6 +75,32 @@ def install(point: str) -> None:
                 _die()
 
         sslr.trainer.rank_zero_info = say
+    elif kind == "echo":
+        import sslr.grid.stages
+
+        lines = {"n": 0}
+        real_echo = sslr.grid.stages.say_now
+
+        def echo(line: str) -> None:
+            real_echo(line)
+            lines["n"] += 1
+            if lines["n"] == n:
+                _die()
+
+        sslr.grid.stages.say_now = echo
+    elif kind == "marker":
+        import sslr.grid.stages
+
+        written = {"n": 0}
+        real_write = sslr.grid.stages.write_json
+
+        def write_json(path, value) -> None:
+            real_write(path, value)
+            written["n"] += 1
+            if written["n"] == n:
+                _die()
+
+        sslr.grid.stages.write_json = write_json
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,3 +158,86 @@ def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_pa
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and r["n"] == "16" for r in rows)
     assert (folder / "suite.yaml").is_file()
     assert [p.name for p in folder.rglob(".*") if p.name != ".sslr.lock"] == []
+
+
+GRID = """\
+name: kill_grid
+base_config: {root}/configs/quickstart.yaml
+overlays:
+  - {root}/configs/overlays/debug.yaml
+  - trainer: {{limit_train_batches: 2, limit_val_batches: 0.2, limit_test_batches: 0.1}}
+    data: {{init_args: {{batch_size: 32}}}}
+backbones: [resnet18]
+rules: [bp, usf]
+seed: 0
+pretrain: {{epochs: 1}}
+finetune: {{epochs: 1, args: ["--optimizer.lr", "0.01"]}}
+attack:
+  suite: {{attacks: [fgsm, pgd], eps: [0, 8/255], steps: 2, gradients: [rule, exact],
+          n_samples: 16, batch_size: 16}}
+"""
+
+
+def _grid_results(out: Path) -> dict[str, object]:
+    """What a grid leaves a reader: each stage's marker (without its wall time and the paths
+    that name the folder), each rule's robustness rows and masking rows, the report's rows."""
+    import json
+
+    found: dict[str, object] = {}
+    for done in sorted(out.rglob("done.json")):
+        marker = json.loads(done.read_text())
+        marker.pop("seconds", None)
+        found[str(done.relative_to(out))] = marker
+    for name in ("robustness.csv", "masking.csv", "report.csv"):
+        for path in sorted(out.rglob(name)):
+            with open(path, newline="") as f:
+                found[str(path.relative_to(out))] = list(csv.DictReader(f))
+    return found
+
+
+def _complete_or_absent(out: Path) -> None:
+    import json
+
+    for ckpt in out.rglob("*.ckpt"):
+        if not ckpt.name.startswith("."):  # a cut write is a hidden temporary, never a name
+            load_checkpoint(ckpt)
+    for marker in out.rglob("*.json"):
+        if not marker.name.startswith("."):
+            json.loads(marker.read_text())
+    for table in out.rglob("*.csv"):
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f))
+        assert all(len(row) == len(rows[0]) for row in rows), table
+
+
+@pytest.mark.slow
+def test_kill_9_at_points_of_a_grid_then_the_same_command_finishes_it(tmp_path):
+    """`sslr grid` killed between stages, in a checkpoint write, and in an attack stage: every
+    file is complete or absent, and the same command again ends with the results of a grid
+    that was never interrupted."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID.format(root=ROOT))
+    straight = _sslr(tmp_path, "grid", "--config", str(spec), "--out", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = _grid_results(tmp_path / "straight")
+    assert {k for k in expected if k.endswith("robustness.csv")} == {
+        "resnet18/bp/robustness.csv",
+        "resnet18/usf/robustness.csv",
+    }
+    # The k-th printed line that is an attack stage's first progress line: mid-attack.
+    lines = straight.stdout.splitlines()
+    first_cell = next(i for i, line in enumerate(lines) if re.match(r"^    attack \d+/", line))
+    kills = {"marker:3": "between stages", "save:4": "in a checkpoint write"}
+    kills[f"echo:{first_cell + 1}"] = "in an attack stage"
+    for kill, where in kills.items():
+        out = f"killed-{kill.replace(':', '-')}"
+        killed = _sslr(tmp_path, "grid", "--config", str(spec), "--out", out, kill=kill)
+        assert killed.returncode == -signal.SIGKILL, (where, killed.stderr[-3000:])
+        assert not (tmp_path / out / "done.json").exists(), where  # the grid had not finished
+        _complete_or_absent(tmp_path / out)
+        again = _sslr(tmp_path, "grid", "--config", str(spec), "--out", out)
+        assert again.returncode == 0, (where, again.stderr[-3000:])
+        assert (tmp_path / out / "done.json").is_file()
+        assert _grid_results(tmp_path / out) == expected, where
+        hidden = [p for p in (tmp_path / out).rglob(".*") if p.name != ".sslr.lock"]
+        assert hidden == [], (where, hidden)
