@@ -32,6 +32,7 @@ from . import hamming_rank
 __all__ = [
     "MeanAveragePrecision",
     "PrecisionRecallCurve",
+    "average_precisions",
     "binarize",
     "hamming_distance",
     "mean_average_precision",
@@ -229,21 +230,53 @@ def mean_average_precision(
             database (the CIFAR-10 convention; NUS-WIDE and COCO use 5000, ImageNet-100 1000).
         batch_size: queries per block; by default blocks of about 16M (query, item) pairs.
     """
+    total, n = 0.0, 0
+    for block in _average_precision_blocks(
+        query_codes, db_codes, query_labels, db_labels, topk, batch_size
+    ):
+        total += float(block.sum()) if isinstance(block, np.ndarray) else block.sum()
+        n += block.shape[0]
+    return float(total) / n if n else 0.0
+
+
+def average_precisions(
+    query_codes: Tensor | np.ndarray,
+    db_codes: Tensor | np.ndarray,
+    query_labels: Tensor | np.ndarray,
+    db_labels: Tensor | np.ndarray,
+    topk: int | None = None,
+    *,
+    batch_size: int | None = None,
+) -> Tensor:
+    """Each query's AP@topk, (N_q,) float64 on the CPU: the values
+    :func:`mean_average_precision` averages (same ranking, ties and conventions). For a
+    per-query worst case over attacks."""
+    blocks = [
+        torch.from_numpy(block) if isinstance(block, np.ndarray) else block.cpu()
+        for block in _average_precision_blocks(
+            query_codes, db_codes, query_labels, db_labels, topk, batch_size
+        )
+    ]
+    return torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+
+
+def _average_precision_blocks(query_codes, db_codes, query_labels, db_labels, topk, batch_size):
+    """Per-query APs in blocks of queries: one NumPy array on the counting path, torch
+    float64 blocks otherwise."""
     q, db = _check_codes(query_codes, db_codes)
     ql, dl = _check_labels(query_labels, db_labels, q.shape[0], db.shape[0], q.device)
     depth = min(_check_k(topk, "topk") or db.shape[0], db.shape[0])
     if q.shape[0] == 0:
-        return 0.0
+        return
     _check_batch_size(batch_size)  # the counting path needs no blocks (it needs no memory)
     packed = _packed(q, db, ql, dl)
     if packed is not None:
         psum, hits = hamming_rank.ranked_hits(*packed, depth)
-        return float(np.where(hits > 0, psum / np.maximum(hits, 1), 0.0).sum()) / q.shape[0]
-    total = torch.zeros((), dtype=torch.float64, device=q.device)
+        yield np.where(hits > 0, psum / np.maximum(hits, 1), 0.0)
+        return
     for rel in _ranked_relevance(q, db, ql, dl, depth, batch_size):
         precision_sum, retrieved = _precision_sums(rel)
-        total += torch.where(retrieved > 0, precision_sum / retrieved.clamp(min=1), 0.0).sum()
-    return float(total) / q.shape[0]
+        yield torch.where(retrieved > 0, precision_sum / retrieved.clamp(min=1), 0.0)
 
 
 def _precision_sums(rel: Tensor) -> tuple[Tensor, Tensor]:

@@ -287,9 +287,21 @@ def test_a_hashing_grid_runs_end_to_end(capsys, tmp_path):
     assert {"attack resnet18/bp", "attack resnet18/usf", "report"} <= ran(stages)
     for rule in ("bp", "usf"):
         rows = robustness(out / "resnet18" / rule)
-        assert {r["attack"] for r in rows} == {"pgd", "p2p"}
+        assert {r["attack"] for r in rows} == {"pgd", "p2p", "worst"}
         assert {r["metric"] for r in rows} == {"mAP", "t-mAP"}
-        assert {r["gradient"] for r in rows} == {"rule", "exact", "transfer"}
+        assert {r["gradient"] for r in rows if r["attack"] != "worst"} == {
+            "rule",
+            "exact",
+            "transfer",
+        }
+        worst = {
+            (r["metric"], r["eps"]): float(r["accuracy"]) for r in rows if r["attack"] == "worst"
+        }
+        for r in rows:  # the worst case is at least as strong as every cell
+            if r["attack"] != "worst":
+                bound = worst[(r["metric"], r["eps"])]
+                value = float(r["accuracy"])
+                assert value >= bound - 1e-9 if r["metric"] == "mAP" else value <= bound + 1e-9
         assert all(int(r["n"]) == 16 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     report = (out / "report.md").read_text()
     assert "t-mAP" in report and "| usf |" in report

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sslr import hamming_rank
 from sslr.metrics import (
     MeanAveragePrecision,
+    average_precisions,
     binarize,
     hamming_distance,
     mean_average_precision,
@@ -205,6 +206,29 @@ def test_map_hand_worked_example():
         hamming_distance(q, db),
         torch.tensor([[2, 0, 1, 1, 0], [0, 2, 1, 1, 2]], dtype=torch.uint8),
     )
+
+
+def test_average_precisions_are_each_querys_ap(ranking_path):
+    q, db, ql, dl = _tiny()
+    # The hand-worked APs above, per query.
+    aps = average_precisions(q, db, ql, dl)
+    assert aps.dtype == torch.float64 and aps.shape == (2,)
+    torch.testing.assert_close(aps, torch.tensor([53 / 90, 5 / 12], dtype=torch.float64))
+    torch.testing.assert_close(
+        average_precisions(q, db, ql, dl, topk=3),
+        torch.tensor([7 / 12, 1 / 3], dtype=torch.float64),
+    )
+    # Their mean is mean_average_precision, to the bit, blocks included.
+    q, db, ql, dl = _data(True, n_query=70, n_db=300, bits=6, classes=5, seed=4)
+    for topk in (None, 50):
+        aps = average_precisions(q, db, ql, dl, topk=topk, batch_size=16)
+        assert aps.shape == (70,) and bool(((aps >= 0) & (aps <= 1)).all())
+        whole = mean_average_precision(q, db, ql, dl, topk=topk, batch_size=16)
+        assert float(aps.mean()) == pytest.approx(whole, abs=1e-15)
+        expected = [
+            reference_map(*_np(q[i : i + 1], db, ql[i : i + 1], dl), topk) for i in range(70)
+        ]
+        np.testing.assert_allclose(aps.numpy(), expected, atol=1e-12, rtol=0)
 
 
 def test_perfect_ranking_gives_one():

@@ -40,7 +40,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from sslr.metrics import binarize, mean_average_precision
+from sslr.metrics import average_precisions, binarize, mean_average_precision
 from sslr.robustness.registry import AttackSpec
 from sslr.robustness.target import AttackTarget
 
@@ -366,6 +366,11 @@ class HashingEvaluation:
         return float(
             mean_average_precision(outcomes.cpu(), db_codes, context["relevance"], db_labels)
         )
+
+    def per_query(self, context: dict, outcomes: torch.Tensor) -> torch.Tensor:
+        """Each query's AP (t-AP for targeted cells): what ``score`` averages."""
+        db_codes, db_labels = self.database
+        return average_precisions(outcomes.cpu(), db_codes, context["relevance"], db_labels)
 
 
 def hashing_evaluation(target, data, config, surrogate=None) -> HashingEvaluation:

@@ -242,7 +242,7 @@ WORST_GRADIENT = "any"
 def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
     """Per norm and eps, the per-image worst case over every attack and gradient source that
     ran (an image is robust only if every cell left it correctly classified): the robust
-    accuracy to quote. Classification only (hashing outcomes are codes scored by mAP). The
+    accuracy to quote. Classification (for hashing see :func:`hashing_worst_rows`). The
     per-image masks are kept in ``result.per_image`` under ``("worst", norm, "any", eps)``."""
     groups: dict[tuple, list[torch.Tensor]] = {}
     for (attack, norm, _gradient, eps), outcomes in result.per_image.items():
@@ -262,6 +262,30 @@ def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
                 accuracy=int(robust.sum()) / max(robust.numel(), 1),
                 n=n,
                 metric="accuracy",
+            )
+        )
+    return rows
+
+
+def hashing_worst_rows(query_scores: dict[tuple, list[torch.Tensor]], n: int) -> list:
+    """Hashing's worst case, per metric, norm and eps, over every attack and gradient source
+    that ran: each query's lowest AP over the untargeted cells (``mAP``) and its highest
+    targeted AP over the targeted ones (``t-mAP``, which an attack drives up), averaged over
+    the queries. Like classification's ``worst``, it is at least as strong as every cell."""
+    rows = []
+    for (metric, norm, eps), parts in query_scores.items():
+        stacked = torch.stack(parts)
+        per_query = stacked.amax(0) if metric == "t-mAP" else stacked.amin(0)
+        rows.append(
+            RobustnessRow(
+                attack=WORST,
+                norm=norm,
+                eps=eps,
+                steps=0,
+                gradient=WORST_GRADIENT,
+                accuracy=float(per_query.mean()) if per_query.numel() else 0.0,
+                n=n,
+                metric=metric,
             )
         )
     return rows
@@ -291,7 +315,7 @@ def run_cells(
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
     """Every cell of ``config`` on ``evaluation`` (a task's evaluation), in the order attack,
-    norm, gradient source, epsilon, then (classification) the ``worst`` rows. eps = 0 is not
+    norm, gradient source, epsilon, then the ``worst`` rows. eps = 0 is not
     attacked: its rows hold the clean score of the same images. ``eot`` is skipped (with a
     warning) for a target without brsf layers, where it equals ``rule``."""
     target = evaluation.target
@@ -313,6 +337,7 @@ def run_cells(
     counts: dict[str, int] = {}
     with attack_mode(*networks, warn_train_mode=warn_train_mode):
         contexts: dict[str, dict] = {}
+        query_scores: dict[tuple, list[torch.Tensor]] = {}  # hashing: per-query APs per cell
         for spec, norm, source, eps in cells:
             if spec.name not in contexts:
                 contexts[spec.name] = evaluation.begin(spec, config)
@@ -352,6 +377,9 @@ def run_cells(
                     metric=metric,
                 )
                 result.per_image[(name, norm.value, source.value, eps)] = per_image
+                if evaluation.task == "hashing" and "/" not in name:
+                    per_query = evaluation.per_query(context, per_image)
+                    query_scores.setdefault((metric, norm.value, eps), []).append(per_query)
                 result.rows.append(row)
                 log.debug("%s", row)
             if eps > 0:
@@ -359,6 +387,8 @@ def run_cells(
                 meter.finished(what, metric, value)
     if evaluation.task == "classification":
         result.rows.extend(worst_rows(result, n))
+    else:
+        result.rows.extend(hashing_worst_rows(query_scores, n))
     result.gradients = counts.get("gradients", 0)
     result.degenerate = counts.get("degenerate", 0)
     return result

@@ -32,6 +32,7 @@ from sslr.robustness.hashing import (
     encode_loader,
     select_queries,
 )
+from sslr.robustness.registry import get_attack
 
 
 def code_provider(target, shape, attack, source):
@@ -120,11 +121,58 @@ def test_csv_has_the_columns_plus_metric_and_png_exists(suite):
         records = list(reader)
     assert tuple(reader.fieldnames) == COLUMNS
     assert COLUMNS[-1] == "metric" and len(COLUMNS) == 8
-    assert len(records) == len(rows) == 2 * len(EPS)
+    assert len(records) == len(rows) == 2 * len(EPS) + 2 * len(EPS)  # + worst per metric
     assert {r["metric"] for r in records} == {"mAP", "t-mAP"}
-    assert {r["gradient"] for r in records} == {"exact"}
+    assert {r["gradient"] for r in records if r["attack"] != "worst"} == {"exact"}
+    assert {r["gradient"] for r in records if r["attack"] == "worst"} == {"any"}
     png = out / "robustness.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_worst_case_is_each_querys_worst_over_every_cell(trained):
+    """``worst`` rows: per query, the lowest AP over the untargeted cells (mAP) and the
+    highest t-AP over the targeted ones, averaged; so at most every untargeted cell's mAP and
+    at least every targeted cell's t-mAP, and at eps 0 the clean value."""
+    from sslr.metrics import average_precisions
+    from sslr.robustness.suite import run_cells, suite_evaluation
+
+    config = SuiteConfig(
+        attacks=["pgd", "hag", "p2p", "dhta"], gradients=["exact"], eps=[0.0, 8 / 255],
+        steps=2, n_samples=24, batch_size=24,
+    )  # fmt: skip
+    target = HashingTarget.from_task(trained.model)
+    evaluation = suite_evaluation(target, trained.datamodule, config, None)
+    with attack_mode(target.network, warn_train_mode=False):
+        result = run_cells(evaluation, config, warn_train_mode=False)
+    db_codes, db_labels = evaluation.database
+    for metric, attacks, pick in (("mAP", ("pgd", "hag"), min), ("t-mAP", ("p2p", "dhta"), max)):
+        for eps in config.eps:
+            (worst,) = [
+                r for r in result.rows
+                if (r.attack, r.metric, r.eps) == ("worst", metric, eps)
+            ]  # fmt: skip
+            assert (worst.gradient, worst.n, worst.steps) == ("any", 24, 0)
+            cells = {
+                r.attack: r.accuracy for r in result.rows if r.attack in attacks and r.eps == eps
+            }
+            assert set(cells) == set(attacks)
+            # The per-query combination from the cells' codes, by hand.
+            per_cell = []
+            for attack in attacks:
+                codes = result.per_image[(attack, "linf", "exact", eps)]
+                relevance = evaluation.begin(get_attack(attack), config)["relevance"]
+                per_cell.append(average_precisions(codes, db_codes, relevance, db_labels))
+            by_hand = torch.stack(per_cell)
+            by_hand = by_hand.amin(0) if pick is min else by_hand.amax(0)
+            assert worst.accuracy == pytest.approx(float(by_hand.mean()), abs=1e-12)
+            bound = pick(cells.values())
+            assert (
+                (worst.accuracy <= bound + 1e-12)
+                if pick is min
+                else (worst.accuracy >= bound - 1e-12)
+            )
+            if eps == 0.0:  # every cell holds the clean codes
+                assert worst.accuracy == pytest.approx(cells[attacks[0]], abs=1e-12)
 
 
 @pytest.mark.parametrize("norm,eps", [(Norm.LINF, 4 / 255), (Norm.L2, 0.5)])
@@ -217,7 +265,7 @@ def test_transfer_from_a_surrogate_and_eot_on_brsf(trained):
         warnings.simplefilter("always")
         rows = run_suite(target, trained.datamodule, config, surrogate=task)
     assert not [w for w in caught if "skipped" in str(w.message)]
-    by_source = {(r.gradient, r.eps): r.accuracy for r in rows}
+    by_source = {(r.gradient, r.eps): r.accuracy for r in rows if r.attack != "worst"}
     assert set(by_source) == {(g, e) for g in ("rule", "eot", "transfer") for e in (0, 8 / 255)}
     assert by_source[("transfer", 8 / 255)] < by_source[("transfer", 0.0)]
 
@@ -280,6 +328,8 @@ def test_the_robustness_callback_evaluates_a_hashing_model(trained, tmp_path):
     callback._run(trainer, trained.model, "test", trained.datamodule.test_dataloader())
     ((stage, step, rows),) = callback.results
     assert (stage, step) == ("test", 5)
-    assert {(r.attack, r.metric) for r in rows} == {("pgd", "mAP"), ("p2p", "t-mAP")}
+    assert {(r.attack, r.metric) for r in rows} == {
+        ("pgd", "mAP"), ("p2p", "t-mAP"), ("worst", "mAP"), ("worst", "t-mAP")
+    }  # fmt: skip
     assert (tmp_path / "robustness" / "test_step=5.csv").is_file()
     assert logged and all(0.0 <= v <= 1.0 for v in logged[0].values())
