@@ -179,19 +179,35 @@ attack:
 
 
 def _grid_results(out: Path) -> dict[str, object]:
-    """What a grid leaves a reader: each stage's marker (without its wall time and the paths
-    that name the folder), each rule's robustness rows and masking rows, the report's rows."""
+    """What a grid leaves a reader: each stage's marker (without its times and hashes), each
+    best checkpoint's tensors, each rule's robustness rows and masking rows, the report's rows
+    (the run folder named relative to the grid's)."""
     import json
 
     found: dict[str, object] = {}
     for done in sorted(out.rglob("done.json")):
         marker = json.loads(done.read_text())
+        # Not compared: times, and checkpoint hashes (a checkpoint records its folder's path);
+        # the checkpoints' tensors are compared instead.
         marker.pop("seconds", None)
+        marker.pop("finished", None)
+        marker.pop("sha256", None)
+        for key in ("checkpoint", "surrogate", "start"):
+            if isinstance(marker.get("inputs"), dict) and key in marker["inputs"]:
+                marker["inputs"][key] = marker["inputs"][key] is not None
+        if marker["stage"] == "report":  # when each stage it read had finished: times
+            marker = {"stage": "report", "inputs": [i[:2] for i in marker["inputs"]]}
         found[str(done.relative_to(out))] = marker
+    for ckpt in sorted(out.rglob("best.ckpt")):
+        found[str(ckpt.relative_to(out))] = _state(ckpt)
     for name in ("robustness.csv", "masking.csv", "report.csv"):
         for path in sorted(out.rglob(name)):
             with open(path, newline="") as f:
-                found[str(path.relative_to(out))] = list(csv.DictReader(f))
+                rows = list(csv.DictReader(f))
+            for row in rows:  # the run folder, named from where the report was asked for
+                if "run_dir" in row:
+                    row["run_dir"] = str(Path(row["run_dir"]).relative_to(out.name))
+            found[str(path.relative_to(out))] = rows
     return found
 
 
@@ -238,6 +254,14 @@ def test_kill_9_at_points_of_a_grid_then_the_same_command_finishes_it(tmp_path):
         again = _sslr(tmp_path, "grid", "--config", str(spec), "--out", out)
         assert again.returncode == 0, (where, again.stderr[-3000:])
         assert (tmp_path / out / "done.json").is_file()
-        assert _grid_results(tmp_path / out) == expected, where
+        results = _grid_results(tmp_path / out)
+        assert results.keys() == expected.keys(), where
+        for key, value in expected.items():
+            if key.endswith(".ckpt"):  # the same weights, to the bit
+                assert value.keys() == results[key].keys(), (where, key)
+                for name, tensor in value.items():
+                    assert torch.equal(results[key][name], tensor), (where, key, name)
+            else:
+                assert results[key] == value, (where, key)
         hidden = [p for p in (tmp_path / out).rglob(".*") if p.name != ".sslr.lock"]
         assert hidden == [], (where, hidden)
