@@ -496,8 +496,34 @@ def _completion_args(args: list[str]) -> list[str]:
     spelled ``--print_shtab <shell>`` as older jsonargparse releases named it."""
     set_parsing_settings(add_print_completion_argument=True)
     if args[:1] == ["--print_shtab"] and len(args) > 1:
-        return ["--print_completion", f"shtab-{args[1]}", *args[2:]]
+        args = ["--print_completion", f"shtab-{args[1]}", *args[2:]]
+    if any(a == "--print_completion" or a.startswith("--print_completion=") for a in args):
+        _limit_completion_depth()
     return args
+
+
+# Option nesting (dots after the leading "--") below which completion lists no value choices.
+COMPLETION_DEPTH = 2
+
+
+def _limit_completion_depth(depth: int = COMPLETION_DEPTH) -> None:
+    """jsonargparse lists the value choices of every option by recursing through every subclass
+    of every typed option and their init arguments (a strategy's accelerator's ..., a logger's
+    ...): minutes of CPU for LightningCLI's trainer, and deep enough to hit Python's recursion
+    limit. Below ``depth`` dots the options are still completed, only without value choices:
+    about 20 s instead."""
+    from jsonargparse import _completions
+
+    full = getattr(_completions.get_typehint_choices, "__wrapped__", None)
+    full = full or _completions.get_typehint_choices
+
+    def choices(typehint, prefix, parser, skip, added_subclasses=None):
+        if prefix is not None and prefix.lstrip("-").count(".") >= depth:
+            return [], False
+        return full(typehint, prefix, parser, skip, added_subclasses)
+
+    choices.__wrapped__ = full
+    _completions.get_typehint_choices = choices
 
 
 class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):

@@ -52,14 +52,16 @@ def test_help_names_every_subcommand_and_keeps_line_breaks(capsys):
     assert "\n  sslr report: " in out and "\n  sslr demo: " in out
 
 
-# jsonargparse walks every subclass of every typed option to list completion choices: minutes
-# of CPU with torch's optimizers and schedulers registered, so it runs with the slow tests.
-@pytest.mark.slow
 def test_shell_completion_script(capsys):
+    """bash completion of subcommands, options and the rules' names; generated in seconds (the
+    value choices of deeply nested options are left out: sslr.cli.COMPLETION_DEPTH)."""
     assert main(["--print_shtab", "bash"]) == 0
     script = capsys.readouterr().out
     assert "shtab" in script and "_shtab_sslr" in script
     assert "--model.rule" in script and "--trainer.max_epochs" in script
+    assert "--suite.attacks" in script and "--optimizer.lr" in script
+    rules = [line for line in script.splitlines() if "_fit_model_rule_typehint()" in line]
+    assert len(rules) == 1 and "'bp fa usf frsf brsf'" in rules[0], rules
 
 
 def test_lightning_advertisements_are_dropped_and_other_notices_kept(caplog):
