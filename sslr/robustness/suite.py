@@ -252,19 +252,16 @@ def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
     for (norm, eps), parts in groups.items():
         robust = _robust_everywhere(parts)
         result.per_image[(WORST, norm, WORST_GRADIENT, eps)] = robust
-        rows.append(
-            RobustnessRow(
-                attack=WORST,
-                norm=norm,
-                eps=eps,
-                steps=0,
-                gradient=WORST_GRADIENT,
-                accuracy=int(robust.sum()) / max(robust.numel(), 1),
-                n=n,
-                metric="accuracy",
-            )
-        )
+        value = int(robust.sum()) / max(robust.numel(), 1)
+        rows.append(_worst_row(norm, eps, value, n, "accuracy"))
     return rows
+
+
+def _worst_row(norm: str, eps: float, value: float, n: int, metric: str) -> RobustnessRow:
+    return RobustnessRow(
+        attack=WORST, norm=norm, eps=eps, steps=0, gradient=WORST_GRADIENT,
+        accuracy=value, n=n, metric=metric,
+    )  # fmt: skip
 
 
 def hashing_worst_rows(query_scores: dict[tuple, list[torch.Tensor]], n: int) -> list:
@@ -276,18 +273,8 @@ def hashing_worst_rows(query_scores: dict[tuple, list[torch.Tensor]], n: int) ->
     for (metric, norm, eps), parts in query_scores.items():
         stacked = torch.stack(parts)
         per_query = stacked.amax(0) if metric == "t-mAP" else stacked.amin(0)
-        rows.append(
-            RobustnessRow(
-                attack=WORST,
-                norm=norm,
-                eps=eps,
-                steps=0,
-                gradient=WORST_GRADIENT,
-                accuracy=float(per_query.mean()) if per_query.numel() else 0.0,
-                n=n,
-                metric=metric,
-            )
-        )
+        value = float(per_query.mean()) if per_query.numel() else 0.0
+        rows.append(_worst_row(norm, eps, value, n, metric))
     return rows
 
 
