@@ -94,30 +94,18 @@ class Run:
         return (*self.group, self.rule)
 
 
-@dataclass(frozen=True)
-class Record:
-    """One row of the long-form report.csv: one measurement of one rule, with its delta to bp."""
+@dataclass(frozen=True, kw_only=True)
+class Record(Measurement):
+    """One row of the long-form report.csv: a run's measurement (the fields and ``column`` of
+    :class:`Measurement`), with the run it came from and its delta to bp."""
 
     task: str
     dataset: str
     backbone: str
     bits: int | None
     rule: str
-    attack: str
-    norm: str
-    eps: float
-    steps: int | None
-    gradient: str
-    metric: str
-    value: float
     delta_vs_bp: float | None  # None when the table has no bp value for this column
-    n: int | None
     run_dir: str
-
-    @property
-    def column(self) -> tuple:
-        """The table column this record fills (as Measurement.column)."""
-        return (self.attack, self.norm, self.metric, self.steps, self.eps, self.gradient)
 
     def as_row(self) -> list:
         """The record's fields in CSV_COLUMNS order (None for empty)."""

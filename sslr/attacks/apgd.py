@@ -201,8 +201,12 @@ def _run(
     return out, out_success, queries, degenerate, out_loss
 
 
-def _settings(model, x, y, eps, norm, loss, steps, restarts, keep, targeted, num_classes):
-    """Validate before any work; returns (norm, loss name, number of classes)."""
+def _settings(
+    model, x, y, eps, norm, loss, steps, restarts, rho, momentum, seed, generator, eot_samples,
+    grad_fn, keep, targeted, num_classes,
+):  # fmt: skip
+    """Validate before any work; returns (loss name, number of classes, the run's settings for
+    :func:`_attack`). Positional: both public attacks pass their whole signature through."""
     norm = norm_name(norm)
     eps = check_eps(eps)
     check_positive(steps, "steps", "APGD iterations")
@@ -218,7 +222,14 @@ def _settings(model, x, y, eps, norm, loss, steps, restarts, keep, targeted, num
             f"A targeted attack needs at least 3 classes (the model has {num_classes}): on a "
             "two-class task the untargeted attack is the same attack"
         )
-    return norm, eps, check_loss(loss, num_classes, targeted), num_classes
+    check_positive(eot_samples, "eot_samples", "gradient draws per step")
+    run = dict(
+        eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, restarts=restarts,
+        generator=make_generator(seed, generator, x.device),
+        grad_fn=grad_fn or eot_gradient(eot_samples),
+        samples=eot_samples if grad_fn is None else 1,
+    )  # fmt: skip
+    return check_loss(loss, num_classes, targeted), num_classes, run
 
 
 def _clean_logits(model: Model, x: torch.Tensor) -> torch.Tensor:
@@ -265,29 +276,12 @@ def apgd(
     ``num_classes`` is not given).
     """
     targeted = target is not None
-    norm, eps, loss, num_classes = _settings(
-        model, x, y, eps, norm, loss, steps, restarts, keep, targeted, num_classes
-    )
-    check_positive(eot_samples, "eot_samples", "gradient draws per step")
-    fn = loss_function(loss, targeted)
+    loss, num_classes, run = _settings(
+        model, x, y, eps, norm, loss, steps, restarts, rho, momentum, seed, generator,
+        eot_samples, grad_fn, keep, targeted, num_classes,
+    )  # fmt: skip
     return _attack(
-        model,
-        x,
-        y,
-        [target] if targeted else [None],
-        fn,
-        eps=eps,
-        norm=norm,
-        steps=steps,
-        restarts=restarts,
-        rho=rho,
-        momentum=momentum,
-        generator=make_generator(seed, generator, x.device),
-        grad_fn=grad_fn or eot_gradient(eot_samples),
-        samples=eot_samples if grad_fn is None else 1,
-        active=active,
-        keep=keep,
-        explicit=targeted,
+        model, x, y, [target], loss_function(loss, targeted), run, active, keep, targeted
     )
 
 
@@ -317,39 +311,22 @@ def apgd_targeted(
     (targeted DLR loss by default) on the images not yet misclassified. Success is any
     misclassification: the targets are a search strategy for untargeted robustness. Other
     arguments as :func:`apgd`."""
-    norm, eps, loss, num_classes = _settings(
-        model, x, y, eps, norm, loss, steps, restarts, keep, True, num_classes
-    )
     check_positive(n_target_classes, "n_target_classes", "target classes tried per image")
-    check_positive(eot_samples, "eot_samples", "gradient draws per step")
+    loss, num_classes, run = _settings(
+        model, x, y, eps, norm, loss, steps, restarts, rho, momentum, seed, generator,
+        eot_samples, grad_fn, keep, True, num_classes,
+    )  # fmt: skip
     n_targets = min(int(n_target_classes), num_classes - 1)
     order = _clean_logits(model, x).argsort(dim=1, descending=True)  # (N, K)
     targets = [order[:, r] for r in range(1, n_targets + 1)]
-    return _attack(
-        model,
-        x,
-        y,
-        targets,
-        loss_function(loss, True),
-        eps=eps,
-        norm=norm,
-        steps=steps,
-        restarts=restarts,
-        rho=rho,
-        momentum=momentum,
-        generator=make_generator(seed, generator, x.device),
-        grad_fn=grad_fn or eot_gradient(eot_samples),
-        samples=eot_samples if grad_fn is None else 1,
-        active=active,
-        keep=keep,
-        explicit=False,
-    )
+    return _attack(model, x, y, targets, loss_function(loss, True), run, active, keep, False)
 
 
-def _attack(
-    model, x, y, targets, fn, *, generator, active, keep, explicit, restarts, **run
-) -> AttackResult:
-    """Every target (None: untargeted) and restart in turn, each on the images left."""
+def _attack(model, x, y, targets, fn, run, active, keep, explicit) -> AttackResult:
+    """Every target (None: untargeted) and restart in turn, each on the images left; ``run``
+    from :func:`_settings`. ``explicit``: success is reaching the (single) target."""
+    run = dict(run)
+    restarts, generator = run.pop("restarts"), run.pop("generator")
     x0 = x.detach()
     n, device = x0.shape[0], x0.device
     y = y.to(device)

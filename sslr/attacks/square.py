@@ -155,6 +155,20 @@ def _step_l2(x, x_best, eps, p, gen, n_all, index):
     return (x + eps * normalized(delta, "l2")).clamp(0.0, 1.0)
 
 
+def square_settings(x, y, eps, norm, queries, restarts, p_init) -> tuple[str, float, int, int]:
+    """Validate Square's settings (this one and ART's): (norm, eps, queries, restarts)."""
+    norm = norm_name(norm)
+    eps = check_eps(eps)
+    queries = check_positive(queries, "queries", "Square iterations per image")
+    restarts = check_positive(restarts, "restarts", "random starts per image")
+    if not 0 < float(p_init) < 1:
+        raise ValueError(
+            f"p_init must lie in (0, 1) (the window's share of the image), got {p_init}"
+        )
+    check_batch(x, y)
+    return norm, eps, queries, restarts
+
+
 def square(
     model: Model,
     x: torch.Tensor,
@@ -178,15 +192,7 @@ def square(
     (N,) bool (success False). ``generator`` (or a new one seeded with ``seed``): the same seed
     gives the same result. Bad settings raise ValueError before any model call.
     """
-    norm = norm_name(norm)
-    eps = check_eps(eps)
-    queries = check_positive(queries, "queries", "Square iterations per image")
-    restarts = check_positive(restarts, "restarts", "random starts per image")
-    if not 0 < float(p_init) < 1:
-        raise ValueError(
-            f"p_init must lie in (0, 1) (the window's share of the image), got {p_init}"
-        )
-    check_batch(x, y)
+    norm, eps, queries, restarts = square_settings(x, y, eps, norm, queries, restarts, p_init)
     if x.dim() != 4:
         raise ValueError(f"Square needs images (N, C, H, W), got shape {tuple(x.shape)}")
     if norm == "l2" and min(x.shape[2:]) < 5:

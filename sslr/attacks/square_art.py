@@ -4,6 +4,7 @@ ART (and NumPy) are imported only when it is called."""
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from sslr.attacks.apgd import AttackResult
 from sslr.attacks.gradient import Model
-from sslr.attacks.threat import check_batch, check_eps, check_positive, norm_name
+from sslr.attacks.square import square, square_settings
 
 
 class _Callable(nn.Module):
@@ -27,35 +28,62 @@ class _Callable(nn.Module):
         return self.fn(x)
 
 
+def art_generate(attack, x: torch.Tensor, y_onehot: torch.Tensor) -> torch.Tensor:
+    """``attack.generate`` (an ART evasion attack) on a torch batch, back as x's device and
+    dtype. ART's L2 Square divides by zero-norm tiles on the way; those candidates are NaN and
+    never accepted, so NumPy's warnings about them are silenced."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adv = attack.generate(x.detach().cpu().numpy(), y_onehot.detach().cpu().numpy())
+    return torch.from_numpy(adv).to(device=x.device, dtype=x.dtype)
+
+
+def art_square_attack(classifier, *, norm: str, eps: float, queries: int, batch_size: int,
+                      p_init: float = 0.8, restarts: int = 1):  # fmt: skip
+    """ART's ``SquareAttack`` on an ART classifier, ``max_iter=queries``, quiet."""
+    import numpy as np
+    from art.attacks.evasion import SquareAttack
+
+    return SquareAttack(
+        classifier, norm=np.inf if norm == "linf" else 2, eps=eps, max_iter=queries,
+        p_init=p_init, nb_restarts=restarts, batch_size=batch_size, verbose=False,
+    )  # fmt: skip
+
+
 def square_art(
     model: Model,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    eps: float,
-    norm: str = "linf",
-    queries: int = 5000,
-    p_init: float = 0.8,
-    restarts: int = 1,
-    seed: int = 0,
     batch_size: int = 128,
     num_classes: int | None = None,
+    **options,
 ) -> AttackResult:
-    """ART's Square attack (``max_iter=queries``) on the batch, with NumPy's and Python's
-    global generators seeded with ``seed`` for the call and restored afterwards. ``success``
-    comes from one extra forward pass on the result (ART does not report it); ``queries`` is
-    the number of images ART forwarded, divided evenly over the batch (ART does not count per
-    image; its iterations forward every image still correctly classified three times)."""
+    """ART's Square attack (``max_iter=queries``) on the batch; ``options`` are
+    :func:`sslr.attacks.square`'s ``eps``, ``norm``, ``queries``, ``p_init``, ``restarts`` and
+    ``seed``, with its defaults. NumPy's and Python's global generators are seeded with
+    ``seed`` for the call and restored afterwards. ``success`` comes from one extra forward
+    pass on the result (ART does not report it); ``queries`` is the number of images ART
+    forwarded, divided evenly over the batch (ART does not count per image; its iterations
+    forward every image still correctly classified three times)."""
     import numpy as np
     from art.estimators.classification import PyTorchClassifier
 
-    norm = norm_name(norm)
-    eps = check_eps(eps)
-    queries = check_positive(queries, "queries", "Square iterations per image")
-    restarts = check_positive(restarts, "restarts", "random starts per image")
-    check_batch(x, y)
+    unsupported = set(options) & {"generator", "active"}
+    if unsupported:
+        raise ValueError(
+            f"ART's Square takes no {', '.join(sorted(unsupported))}: seed it with seed="
+        )
+    bound = inspect.signature(square).bind(model, x, y, **options)  # TypeError on unknown keys
+    bound.apply_defaults()
+    given = bound.arguments
+    norm, eps, queries, restarts = square_settings(
+        x, y, given["eps"], given["norm"], given["queries"], given["restarts"], given["p_init"]
+    )
     if eps == 0:
         raise ValueError("ART's Square needs eps > 0")
+    seed = given["seed"]
     wrapped = _Callable(model)
     with torch.no_grad():
         if num_classes is None:
@@ -68,33 +96,21 @@ def square_art(
             clip_values=(0.0, 1.0),
             device_type="gpu" if x.device.type == "cuda" else "cpu",
         )
-        from art.attacks.evasion import SquareAttack
-
-        attack = SquareAttack(
-            classifier,
-            norm=np.inf if norm == "linf" else 2,
-            eps=eps,
-            max_iter=queries,
-            p_init=p_init,
-            nb_restarts=restarts,
-            batch_size=batch_size,
-            verbose=False,
-        )
+        attack = art_square_attack(
+            classifier, norm=norm, eps=eps, queries=queries, batch_size=batch_size,
+            p_init=given["p_init"], restarts=restarts,
+        )  # fmt: skip
         np_state, py_state = np.random.get_state(), random.getstate()
         np.random.seed(seed % 2**32)
         random.seed(seed)
         wrapped.images = 0
         try:
-            # ART's L2 Square divides by zero-norm tiles on the way; those candidates are NaN
-            # and never accepted.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                labels = torch.nn.functional.one_hot(y.long(), num_classes).cpu().numpy()
-                adv = attack.generate(x.detach().cpu().numpy(), labels)
+            labels = torch.nn.functional.one_hot(y.long(), num_classes)
+            x_adv = art_generate(attack, x, labels)
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
         forwarded = wrapped.images
-        x_adv = torch.from_numpy(adv).to(device=x.device, dtype=x.dtype)
         success = model(x_adv).argmax(dim=1) != y.to(x.device)
     n = x.shape[0]
     return AttackResult(

@@ -17,6 +17,8 @@ Val and test loaders of a hashing protocol are ``[queries, database]``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,34 +72,31 @@ class ClassificationSplits(SplitProtocol):
         return x, y.long(), {"train": train, "val": val, "test": torch.arange(n, n_all)}
 
 
+@dataclass(frozen=True)
 class HashingSplits(SplitProtocol):
     """The per-class query/train/database protocol (see the module docstring)."""
 
     val_splits = ("val_query", "val_database")
     test_splits = ("query", "database")
 
-    def __init__(
-        self,
-        query_per_class: int | None,
-        train_per_class: int | None,
-        database_size: int | None,
-        val_queries: int | None,
-        split_seed: int,
-    ) -> None:
-        if query_per_class is not None and (query_per_class < 1 or train_per_class < 1):
+    query_per_class: int | None
+    train_per_class: int | None
+    database_size: int | None
+    val_queries: int | None
+    split_seed: int
+
+    def __post_init__(self) -> None:
+        if self.query_per_class is not None and (
+            self.query_per_class < 1 or self.train_per_class < 1
+        ):
             raise ValueError(
-                f"query_per_class and train_per_class must be positive, got {query_per_class} "
-                f"and {train_per_class}."
+                f"query_per_class and train_per_class must be positive, got "
+                f"{self.query_per_class} and {self.train_per_class}."
             )
-        if database_size is not None and database_size < 1:
-            raise ValueError(f"database_size must be positive, got {database_size}.")
-        if val_queries is not None and val_queries < 0:
-            raise ValueError(f"val_queries must be 0 or more, got {val_queries}.")
-        self.query_per_class = query_per_class
-        self.train_per_class = train_per_class
-        self.database_size = database_size
-        self.val_queries = val_queries
-        self.split_seed = split_seed
+        if self.database_size is not None and self.database_size < 1:
+            raise ValueError(f"database_size must be positive, got {self.database_size}.")
+        if self.val_queries is not None and self.val_queries < 0:
+            raise ValueError(f"val_queries must be 0 or more, got {self.val_queries}.")
 
     def validation(
         self, database: Tensor, n_queries: int, seed: int, exclude: Tensor | None = None

@@ -52,12 +52,28 @@ class Scale:
         return (get_scale, (self.name,))
 
 
+def _register(registry: dict, kind: str, cls: type) -> type:
+    # Rules and scales are registered singletons: one instance per name, duplicates refused.
+    if cls.name in registry:
+        raise ValueError(f"a {kind} named {cls.name!r} is already registered")
+    registry[cls.name] = cls()
+    return cls
+
+
+def _lookup(registry: dict, kind: str, plural: str, value, base: type):
+    if isinstance(value, base):
+        return value
+    try:
+        return registry[value]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown feedback {kind} {value!r}; known {plural}: {', '.join(registry)}"
+        ) from None
+
+
 def register_scale(cls: type[Scale]) -> type[Scale]:
     """Class decorator adding a scale to the registry; duplicate names are refused."""
-    if cls.name in _SCALES:
-        raise ValueError(f"a scale named {cls.name!r} is already registered")
-    _SCALES[cls.name] = cls()
-    return cls
+    return _register(_SCALES, "scale", cls)
 
 
 def _fan_sum(weight: Tensor) -> int:
@@ -160,10 +176,7 @@ class FeedbackRule:
 
 def register_rule(cls: type[FeedbackRule]) -> type[FeedbackRule]:
     """Class decorator adding a rule to the registry; duplicate names are refused."""
-    if cls.name in _RULES:
-        raise ValueError(f"a rule named {cls.name!r} is already registered")
-    _RULES[cls.name] = cls()
-    return cls
+    return _register(_RULES, "rule", cls)
 
 
 def _uniform_magnitude(shape, bound: float, generator: torch.Generator) -> Tensor:
@@ -287,23 +300,9 @@ def list_scales() -> list[str]:
 
 def get_rule(rule: str | FeedbackRule) -> FeedbackRule:
     """The registered rule named ``rule``; ValueError listing the known ones otherwise."""
-    if isinstance(rule, FeedbackRule):
-        return rule
-    try:
-        return _RULES[rule]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown feedback rule {rule!r}; known rules: {', '.join(_RULES)}"
-        ) from None
+    return _lookup(_RULES, "rule", "rules", rule, FeedbackRule)
 
 
 def get_scale(scale: str | Scale) -> Scale:
     """The registered scale named ``scale``; ValueError listing the known ones otherwise."""
-    if isinstance(scale, Scale):
-        return scale
-    try:
-        return _SCALES[scale]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown feedback scale {scale!r}; known scales: {', '.join(_SCALES)}"
-        ) from None
+    return _lookup(_SCALES, "scale", "scales", scale, Scale)

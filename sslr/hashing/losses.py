@@ -27,17 +27,7 @@ from torch import Tensor, nn
 
 from sslr.hashing.codes import hash_centers, multilabel_centers
 
-__all__ = [
-    "CSQLoss",
-    "DCHLoss",
-    "DPSHLoss",
-    "HashNetLoss",
-    "HashingLoss",
-    "get_loss",
-    "hashnet_beta",
-    "list_losses",
-    "register_loss",
-]
+# The public names are exported by sslr.hashing (its __all__), not listed again here.
 
 _LOSSES: dict[str, type[HashingLoss]] = {}
 

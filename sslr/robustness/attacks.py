@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from sslr.attacks.square_art import art_generate, art_square_attack
 from sslr.robustness.config import Backend, Norm
 from sslr.robustness.gradients import GradientSourceClassifier
 from sslr.robustness.registry import register_attack
@@ -105,33 +106,19 @@ def pgd(
     return x_adv.clamp(0.0, 1.0).detach()
 
 
-def pgd_art(
-    classifier: GradientSourceClassifier,
-    x: torch.Tensor,
-    y_onehot: torch.Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    step: float,
-    steps: int,
-    start_random: bool,
-) -> torch.Tensor:
-    """The same attack through ART's ``ProjectedGradientDescentPyTorch.generate`` (the
-    reference backend; its random start draws from NumPy's global generator)."""
+def pgd_art(classifier: GradientSourceClassifier, x, y_onehot, **options) -> torch.Tensor:
+    """:func:`pgd` (``options``: its ``norm``, ``eps``, ``step``, ``steps``, ``start_random``)
+    through ART's ``ProjectedGradientDescentPyTorch.generate``: the reference backend; its
+    random start draws from NumPy's global generator."""
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
+    o = options
     attack = ProjectedGradientDescentPyTorch(
-        classifier,
-        norm=np.inf if norm is Norm.LINF else 2,
-        eps=eps,
-        eps_step=step,
-        max_iter=steps,
-        num_random_init=int(start_random),
-        batch_size=x.shape[0],
-        verbose=False,
-    )
-    adv = attack.generate(x.detach().cpu().numpy(), y_onehot.detach().cpu().numpy())
-    return torch.from_numpy(adv).to(device=x.device, dtype=x.dtype)
+        classifier, norm=np.inf if o["norm"] is Norm.LINF else 2, eps=o["eps"],
+        eps_step=o["step"], max_iter=o["steps"], num_random_init=int(o["start_random"]),
+        batch_size=x.shape[0], verbose=False,
+    )  # fmt: skip
+    return art_generate(attack, x, y_onehot)
 
 
 def square(
@@ -146,22 +133,10 @@ def square(
 ) -> torch.Tensor:
     """ART's Square attack (Andriushchenko et al. 2020): query-based, no gradient. It draws from
     NumPy's global generator (seed it; ``attack_mode`` restores it)."""
-    from art.attacks.evasion import SquareAttack
-
-    attack = SquareAttack(
-        classifier,
-        norm=np.inf if norm is Norm.LINF else 2,
-        eps=eps,
-        max_iter=queries,
-        nb_restarts=1,
-        batch_size=batch_size,
-        verbose=False,
+    attack = art_square_attack(
+        classifier, norm=norm.value, eps=eps, queries=queries, batch_size=batch_size
     )
-    # ART's L2 Square divides by zero-norm tiles on the way; such candidates are NaN and are
-    # never accepted (bound_excess would catch a NaN that got through).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        adv = attack.generate(x.detach().cpu().numpy(), y_onehot.detach().cpu().numpy())
-    return torch.from_numpy(adv).to(device=x.device, dtype=x.dtype)
+    return art_generate(attack, x, y_onehot)
 
 
 def bound_excess(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:

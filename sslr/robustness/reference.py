@@ -41,48 +41,47 @@ def _record(provider, out: AttackResult) -> torch.Tensor:
     return out.x_adv
 
 
-def _common(provider, settings, generator) -> dict:
-    return dict(
-        restarts=settings.restarts,
+def _run(attack, provider, x, y, eps, norm, settings, generator, **options) -> AttackResult:
+    """``attack`` (a function of :mod:`sslr.attacks`) on the cell's images, labels and threat,
+    with the suite's restarts and the cell's generator; ``options`` are the attack's own."""
+    labels, restarts = y.argmax(dim=1), settings.restarts
+    return attack(
+        provider,
+        x,
+        labels,
+        eps=eps,
+        norm=norm.value,
+        restarts=restarts,
         generator=generator,
-        eot_samples=provider.eot_samples,
-        keep=_keep(provider),
-        num_classes=provider.target.num_classes,
+        **options,
     )
+
+
+def _apgd_run(attack, provider, x, y, eps, norm, settings, generator, **options) -> torch.Tensor:
+    """``attack`` (apgd or apgd_targeted) along the cell's gradient source, with the suite's
+    steps."""
+    out = _run(
+        attack, provider, x, y, eps, norm, settings, generator, steps=settings.steps,
+        eot_samples=provider.eot_samples, keep=_keep(provider),
+        num_classes=provider.target.num_classes, **options,
+    )  # fmt: skip
+    return _record(provider, out)
 
 
 def apgd_ce_attack(provider, x, y, *, eps, norm, settings, generator):
     """APGD (Croce & Hein 2020), untargeted, on ``settings.loss`` (cross-entropy by default),
     ``settings.steps`` iterations and ``settings.restarts`` random starts."""
-    out = apgd(
-        provider,
-        x,
-        y.argmax(dim=1),
-        eps=eps,
-        norm=norm.value,
-        loss=settings.loss_name,
-        steps=settings.steps,
-        **_common(provider, settings, generator),
-    )
-    return _record(provider, out)
+    return _apgd_run(apgd, provider, x, y, eps, norm, settings, generator, loss=settings.loss_name)
 
 
 def apgd_dlr_attack(provider, x, y, *, eps, norm, settings, generator):
     """AutoAttack's APGD-T: targeted DLR loss towards each of the ``settings.target_classes``
     classes with the highest clean logits after the top one, ``settings.steps`` iterations
     each; an image counts as broken when any target run misclassifies it."""
-    out = apgd_targeted(
-        provider,
-        x,
-        y.argmax(dim=1),
-        eps=eps,
-        norm=norm.value,
-        loss="dlr",
-        steps=settings.steps,
-        n_target_classes=settings.target_classes,
-        **_common(provider, settings, generator),
-    )
-    return _record(provider, out)
+    return _apgd_run(
+        apgd_targeted, provider, x, y, eps, norm, settings, generator,
+        loss="dlr", n_target_classes=settings.target_classes,
+    )  # fmt: skip
 
 
 def square_attack(provider, x, y, *, eps, norm, settings, generator):
@@ -100,17 +99,9 @@ def square_attack(provider, x, y, *, eps, norm, settings, generator):
             queries=settings.queries,
             batch_size=settings.batch_size,
         )
-    out = square(
-        provider,
-        x,
-        y.argmax(dim=1),
-        eps=eps,
-        norm=norm.value,
-        queries=settings.queries,
-        restarts=settings.restarts,
-        generator=generator,
-    )
-    return out.x_adv
+    return _run(
+        square, provider, x, y, eps, norm, settings, generator, queries=settings.queries
+    ).x_adv
 
 
 def members(settings, num_classes: int) -> dict:

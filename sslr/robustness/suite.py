@@ -119,35 +119,14 @@ def _check_surrogate(config: SuiteConfig, specs, surrogate) -> None:
         )
 
 
-def attack_cell(
-    evaluation,
-    spec: AttackSpec,
-    context: dict,
-    *,
-    norm: Norm,
-    eps: float,
-    gradient: GradientSource,
-    config: SuiteConfig,
-    beat: Callable[[int, int], None] = lambda batch, batches: None,
-    counts: dict | None = None,
-) -> torch.Tensor:
+def attack_cell(evaluation, spec: AttackSpec, context: dict, **cell) -> torch.Tensor:
     """One cell: the per-image outcomes of ``spec`` at ``eps`` in ``norm`` along ``gradient``
-    (crafted on the surrogate for ``transfer``). Every example is checked to lie in its eps
-    ball and in [0, 1] (:class:`~sslr.robustness.AttackBoundsError` otherwise); NaN gradient
-    entries are treated as 0 with one warning per cell. For an ensemble, the ensemble's
-    outcomes (see :func:`cell_outcomes` for its members')."""
-    outcomes = cell_outcomes(
-        evaluation,
-        spec,
-        context,
-        norm=norm,
-        eps=eps,
-        gradient=gradient,
-        config=config,
-        beat=beat,
-        counts=counts,
-    )
-    return outcomes[spec.name]
+    (crafted on the surrogate for ``transfer``); keywords as :func:`cell_outcomes`. Every
+    example is checked to lie in its eps ball and in [0, 1]
+    (:class:`~sslr.robustness.AttackBoundsError` otherwise); NaN gradient entries are treated
+    as 0 with one warning per cell. For an ensemble, the ensemble's outcomes (see
+    :func:`cell_outcomes` for its members')."""
+    return cell_outcomes(evaluation, spec, context, **cell)[spec.name]
 
 
 def _robust_everywhere(parts: list[torch.Tensor]) -> torch.Tensor:
