@@ -96,3 +96,15 @@ def test_square_agrees_with_arts_square_on_more_images(model, digits, norm, eps)
     x, y = x_test[:128], y_test[:128]
     ours, theirs, se = _agree(model, x, y, eps, 300, norm)
     assert abs(ours - theirs) <= 2 * se, (ours, theirs, se)
+
+
+def test_arts_square_takes_squares_keywords_and_refuses_what_it_cannot_honour(model, subset):
+    x, y = subset[0][:4], subset[1][:4]
+    with pytest.raises(TypeError, match="querys"):  # a misspelt keyword is not ignored
+        square_art(model, x, y, eps=8 / 255, querys=10)
+    with pytest.raises(ValueError, match="generator"):  # ART draws from NumPy: seed= instead
+        square_art(model, x, y, eps=8 / 255, generator=torch.Generator())
+    with pytest.raises(ValueError, match="p_init"):  # Square's own checks, before ART runs
+        square_art(model, x, y, eps=8 / 255, p_init=1.5)
+    with pytest.raises(ValueError, match="eps > 0"):
+        square_art(model, x, y, eps=0.0)
