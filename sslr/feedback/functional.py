@@ -60,6 +60,16 @@ class Draw(NamedTuple):
     advance: bool
 
 
+class Feedback(NamedTuple):
+    """What a layer's B is made of between two ``set_rule`` calls: the rule, the scale and the
+    fixed magnitude s. Layers build it once and pass it whole, so a call carries few
+    arguments (Function.apply's host time grows with them)."""
+
+    rule: FeedbackRule
+    scale: Scale
+    constant: float
+
+
 def _unpack(draw: Draw | None):
     # Function.apply gets the draw's tensors as top-level arguments (dynamo wants them so).
     if draw is None:
@@ -80,23 +90,21 @@ def _feedback(ctx, weight, master, aux, seed, counter, need_x: bool) -> Tensor |
             counter.copy_(drawn)  # after the draw
     if not need_x:
         return None
-    b = ctx.rule.matrix(source, aux, ctx.scale, ctx.constant)
+    rule, scale, constant = ctx.feedback
+    b = rule.matrix(source, aux, scale, constant)
     return b if master is None else b.to(weight.dtype)
 
 
 class _Conv2dFeedback(torch.autograd.Function):
     # forward(ctx, ...) rather than setup_context: Function.apply binds the arguments of a
     # setup_context-style forward with inspect.signature on every call (~0.1 ms of host time).
+    # ``conv`` is (stride, padding, dilation, groups) as lists, built once per layer.
     @staticmethod
-    def forward(
-        ctx, x, weight, bias, master, aux, seed, counter, draw, rule, scale, constant, stride,
-        padding, dilation, groups,
-    ):  # fmt: skip
+    def forward(ctx, x, weight, bias, master, aux, seed, counter, draw, feedback, conv):
         ctx.save_for_backward(x, weight, master, aux, seed, counter)
-        ctx.draw = draw
-        ctx.rule, ctx.scale, ctx.constant = rule, scale, constant
-        ctx.conv = (list(stride), list(padding), list(dilation), groups)
+        ctx.draw, ctx.feedback, ctx.conv = draw, feedback, conv
         ctx.bias_sizes = None if bias is None else list(bias.shape)
+        stride, padding, dilation, groups = conv
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
@@ -111,15 +119,14 @@ class _Conv2dFeedback(torch.autograd.Function):
             grad_output, x, b, ctx.bias_sizes, stride, padding, dilation,
             False, [0, 0], groups, [need_x, need_w, need_b and ctx.bias_sizes is not None],
         )  # fmt: skip
-        return grad_x, grad_w, grad_b, *[None] * 13
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 class _LinearFeedback(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, master, aux, seed, counter, draw, rule, scale, constant):
+    def forward(ctx, x, weight, bias, master, aux, seed, counter, draw, feedback):
         ctx.save_for_backward(x, weight, master, aux, seed, counter)
-        ctx.draw = draw
-        ctx.rule, ctx.scale, ctx.constant = rule, scale, constant
+        ctx.draw, ctx.feedback = draw, feedback
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -135,50 +142,35 @@ class _LinearFeedback(torch.autograd.Function):
             grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))  # (out, in)
         if need_b:
             grad_b = g2.sum(0)
-        return grad_x, grad_w, grad_b, *[None] * 9
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def conv_arguments(stride, padding, dilation, groups: int) -> tuple:
+    """(stride, padding, dilation, groups) as convolution_backward takes them (lists)."""
+    return list(stride), list(padding), list(dilation), groups
 
 
 def feedback_conv2d(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    rule: FeedbackRule,
-    scale: Scale,
-    constant: float,
-    aux: Tensor | None,
-    stride,
-    padding,
-    dilation,
-    groups: int,
-    draw: Draw | None = None,
-) -> Tensor:
-    """``F.conv2d(x, weight, bias, ...)`` whose input gradient uses B = rule.matrix(weight, ...).
-
-    ``padding`` must be numeric (the layer resolves "same"/"valid" and padding modes).
-    """
+    x: Tensor, weight: Tensor, bias: Tensor | None, aux: Tensor | None, feedback: Feedback,
+    conv: tuple, draw: Draw | None = None,
+) -> Tensor:  # fmt: skip
+    """``F.conv2d(x, weight, bias, *conv)`` whose input gradient uses
+    B = ``feedback.rule.matrix(weight, aux, ...)``; ``conv`` from :func:`conv_arguments`, with
+    numeric padding (the layer resolves "same"/"valid" and padding modes). Layers build
+    ``feedback`` and ``conv`` once, not per call."""
     xc, wc, bc = autocast_inputs(x, weight, bias)
     master = None if wc is weight else weight  # dynamo refuses the same tensor twice
     seed, counter, meta = _unpack(draw)
-    return _Conv2dFeedback.apply(
-        xc, wc, bc, master, aux, seed, counter, meta, rule, scale, constant, stride, padding,
-        dilation, groups,
-    )  # fmt: skip
+    return _Conv2dFeedback.apply(xc, wc, bc, master, aux, seed, counter, meta, feedback, conv)
 
 
 def feedback_linear(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    rule: FeedbackRule,
-    scale: Scale,
-    constant: float,
-    aux: Tensor | None,
+    x: Tensor, weight: Tensor, bias: Tensor | None, aux: Tensor | None, feedback: Feedback,
     draw: Draw | None = None,
-) -> Tensor:
-    """``F.linear(x, weight, bias)`` whose input gradient uses B = rule.matrix(weight, ...)."""
+) -> Tensor:  # fmt: skip
+    """``F.linear(x, weight, bias)`` whose input gradient uses
+    B = ``feedback.rule.matrix(weight, aux, ...)``."""
     xc, wc, bc = autocast_inputs(x, weight, bias)
     master = None if wc is weight else weight  # dynamo refuses the same tensor twice
     seed, counter, meta = _unpack(draw)
-    return _LinearFeedback.apply(
-        xc, wc, bc, master, aux, seed, counter, meta, rule, scale, constant
-    )
+    return _LinearFeedback.apply(xc, wc, bc, master, aux, seed, counter, meta, feedback)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import feedback_conv2d, feedback_linear
+from .functional import conv_arguments, feedback_conv2d, feedback_linear
 from .rule_state import FeedbackLayer
 
 
@@ -94,6 +94,8 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
             self._numeric_padding = tuple(left)
         else:
             self._numeric_padding = tuple(self.padding)
+        # convolution_backward's arguments, built once rather than per call
+        self._conv = conv_arguments(self.stride, self._numeric_padding, self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         if self._rule.exact or self._exact_depth:
@@ -102,10 +104,7 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if self._explicit_pad is not None:
             x = F.pad(x, self._explicit_pad, mode=self._pad_mode)
         aux, draw = self._feedback_state()
-        return feedback_conv2d(
-            x, self.weight, self.bias, self._rule, self._scale, self._constant, aux,
-            self.stride, self._numeric_padding, self.dilation, self.groups, draw,
-        )  # fmt: skip
+        return feedback_conv2d(x, self.weight, self.bias, aux, self._feedback, self._conv, draw)
 
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
@@ -149,6 +148,4 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         if self._rule.exact or self._exact_depth:
             return super().forward(input)
         aux, draw = self._feedback_state()
-        return feedback_linear(
-            input, self.weight, self.bias, self._rule, self._scale, self._constant, aux, draw
-        )
+        return feedback_linear(input, self.weight, self.bias, aux, self._feedback, draw)

@@ -13,7 +13,7 @@ import zlib
 import torch
 from torch import Tensor
 
-from .functional import Draw
+from .functional import Draw, Feedback
 from .rules import FeedbackRule, Scale, get_rule, get_scale
 from .seeding import (
     FIXED,
@@ -45,6 +45,7 @@ class FeedbackLayer:
         self._resample_count: int | None = None  # not None inside resampling()
         self._host: tuple | None = None  # host copy of brsf's (seed, draws), see _brsf_state
         self._hashed = False  # brsf's last draw was made under torch.compile
+        self._feedback = Feedback(self._rule, self._scale, self._constant)  # see set_rule
         self.set_rule(rule, scale)
 
     # -- public attributes ---------------------------------------------------------------
@@ -97,6 +98,7 @@ class FeedbackLayer:
         self._rule, self._scale, self._seed, self._host = new_rule, new_scale, seed, None
         self._bound = new_scale.bound(w)
         self._constant = 0.0 if new_scale.adaptive else new_scale.constant(w)
+        self._feedback = Feedback(new_rule, new_scale, self._constant)  # what B is made of
 
     def _state_complete(self) -> bool:
         r = self._rule

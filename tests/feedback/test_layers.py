@@ -12,7 +12,7 @@ from torch.nn.init import _calculate_fan_in_and_fan_out
 from torch.testing import assert_close
 
 from sslr.feedback import FeedbackConv2d, FeedbackLinear, list_rules, list_scales
-from sslr.feedback.functional import feedback_conv2d, feedback_linear
+from sslr.feedback.functional import Feedback, conv_arguments, feedback_conv2d, feedback_linear
 from sslr.feedback.rules import FeedbackRule, get_rule, get_scale, register_rule
 
 CONV_CONFIGS = {
@@ -125,10 +125,11 @@ def _functional(kind, rule, scale="xavier"):
             aux = rule.draw_fixed(w, scale, torch.Generator().manual_seed(0))
         elif rule.resamples:
             aux = torch.rand_like(w, generator=torch.Generator().manual_seed(0))
-        constant = 0.0 if scale.adaptive else scale.constant(w)
+        feedback = Feedback(rule, scale, 0.0 if scale.adaptive else scale.constant(w))
         if kind == "conv":
-            return feedback_conv2d(x, w, b, rule, scale, constant, aux, (2, 1), (1, 0), (1, 2), 2)
-        return feedback_linear(x, w, b, rule, scale, constant, aux)
+            conv = conv_arguments((2, 1), (1, 0), (1, 2), 2)
+            return feedback_conv2d(x, w, b, aux, feedback, conv)
+        return feedback_linear(x, w, b, aux, feedback)
 
     return f
 
