@@ -15,7 +15,9 @@ order reversed every other round), and each reports the median over rounds of it
 minus BP's step time in the same round, so a busy machine slows every row alike. Times are
 the process's CPU time (one thread does all the work), not wall time: on a shared machine
 wall time also counts the other jobs' turns on the core.
-Target: at most 25 microseconds per feedback layer and step, for every rule.
+Target: at most 25 microseconds per feedback layer and step, for every rule. The last row is
+a reference, not a rule: layers that are a minimal ``torch.autograd.Function`` (conv2d forward,
+one convolution_backward with a fixed B), the floor of any eager Python feedback layer.
 Writes the table to benchmarks/results/host_overhead_cpu.md (with ``--compile``:
 host_overhead_compile_cpu.md).
 """
@@ -23,6 +25,7 @@ host_overhead_compile_cpu.md).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -48,6 +51,59 @@ def tiny_network(blocks: int = 20, channels: int = 8, classes: int = 10) -> nn.S
         layers += [nn.BatchNorm2d(channels), nn.ReLU()]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
     return nn.Sequential(*layers)
+
+
+_conv_backward = torch.ops.aten.convolution_backward.default
+
+
+class _MinimalConv(torch.autograd.Function):
+    """The least a Python feedback layer can do: conv2d forward, and one
+    convolution_backward with a fixed B in the weight slot (no rule, no checks, no state)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, b):
+        ctx.save_for_backward(x, b)
+        return nn.functional.conv2d(x, weight, None, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, b = ctx.saved_tensors
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        gx, gw, _ = _conv_backward(grad, x, b, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, need)
+        return gx, gw, None
+
+
+class _MinimalLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, b):
+        ctx.save_for_backward(x, b)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, b = ctx.saved_tensors
+        return grad.mm(b), grad.t().mm(x), grad.sum(0), None
+
+
+class MinimalConv(nn.Conv2d):
+    def forward(self, x):
+        return _MinimalConv.apply(x, self.weight, self.b)
+
+
+class MinimalLinear(nn.Linear):
+    def forward(self, x):
+        return _MinimalLinear.apply(x, self.weight, self.bias, self.b)
+
+
+def minimal_network(base: nn.Module) -> nn.Sequential:
+    """``base`` with every Conv2d / Linear a minimal Function layer (B a fixed random buffer):
+    the floor of any eager Python feedback layer on this machine."""
+    model = copy.deepcopy(base)
+    for module in model.modules():
+        if type(module) in (nn.Conv2d, nn.Linear):
+            module.__class__ = MinimalConv if isinstance(module, nn.Conv2d) else MinimalLinear
+            module.register_buffer("b", torch.randn_like(module.weight) * 0.1)
+    return model
 
 
 class Step:
@@ -87,6 +143,9 @@ def main(argv: list[str] | None = None) -> str:
         model.load_state_dict(base.state_dict(), strict=False)
         steps[rule] = Step(model, x, y, args.compile)
     n_layers = len(list(feedback_layers(steps[args.rules[0]].model)))
+    floor = "floor (minimal Function)"
+    if not args.compile:  # reference row: the least any eager Python layer costs here
+        steps[floor] = Step(minimal_network(base), x, y, False)
 
     for step in steps.values():
         for _ in range(args.warmup):
@@ -113,7 +172,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{TARGET_US:.0f} us |",
         "|---|---|---|---|---|",
     ]
-    for rule in args.rules:
+    for rule in [*args.rules, *([floor] if floor in steps else [])]:
         t = times[rule]
         over = statistics.median(a - b for a, b in zip(t, bp, strict=True)) * 1e6 / n_layers
         step_us = statistics.median(t) * 1e6
@@ -121,6 +180,13 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(
             f"| {rule} | {step_us:.0f} | {step_us / bp_us:.3f}x | {over:.1f} | {verdict} |"
         )
+    if floor in steps:
+        lines += [
+            "",
+            f"{floor}: every Conv2d/Linear an autograd.Function that does nothing but conv2d "
+            "forward and one convolution_backward with a fixed B (no rule, checks or state), "
+            "in the same rounds: what any eager Python feedback layer costs at the least here.",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.out != "-":

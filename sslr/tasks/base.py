@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +19,10 @@ from sslr.feedback import convert_model, feedback_layers, list_rules, list_scale
 from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
 
 log = logging.getLogger(__name__)
+
+# torch.compile's modes, for the tasks' ``compile`` switch (True is torch.compile's default).
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +70,25 @@ class FeedbackTask(LightningModule):
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self._pretrained_done = False
         self._rng_to_restore: torch.Tensor | None = None
+
+    @staticmethod
+    def _check_compile(compile: bool | str) -> None:
+        if isinstance(compile, bool) or compile in COMPILE_MODES:
+            return
+        raise ValueError(
+            f"compile must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
+            f"got {compile!r}"
+        )
+
+    def configure_model(self) -> None:
+        """With ``compile``: compile the network's forward once, when a Trainer first runs the
+        task (fit, validate, test). The network stays the same module (``nn.Module.compile``),
+        so checkpoints and state_dict keys are unchanged; outside a Trainer (``sslr attack``,
+        the Python API) it runs eager."""
+        mode = self.hparams.get("compile", False)
+        if mode and not getattr(self, "_compiled", False):
+            self.network.compile(mode=None if mode is True else mode)
+            self._compiled = True
 
     @property
     def rule(self) -> str:

@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslr.tasks.backbones import build_network
-from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, FeedbackTask
+from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, CompileMode, FeedbackTask
 
 Rule = Literal["bp", "fa", "usf", "frsf", "brsf"]
 Scale = Literal["xavier", "meanabs", "none"]
@@ -33,6 +33,9 @@ class ClassificationTask(FeedbackTask):
         mean, std: normalization applied inside ``forward`` (linked from the DataModule).
         seed: seed of the feedback matrices (fa, frsf) and of brsf's draws.
         label_smoothing: cross-entropy label smoothing.
+        compile: run the network through ``torch.compile`` inside the Trainer: true (the
+            default mode) or a mode, e.g. ``max-autotune-no-cudagraphs``. The first steps pay
+            the compilation; see the README's Speed section for when it pays off.
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class ClassificationTask(FeedbackTask):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         label_smoothing: float = 0.0,
+        compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
+        self._check_compile(compile)
         self.save_hyperparameters()
         network = build_network(backbone, num_classes, small_input=small_input)
         self._init_feedback(

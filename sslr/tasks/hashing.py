@@ -13,7 +13,7 @@ from torch import nn
 from sslr.hashing.losses import get_loss, hashnet_beta
 from sslr.metrics import MeanAveragePrecision, binarize
 from sslr.tasks.backbones import build_network, head_name
-from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, FeedbackTask
+from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, CompileMode, FeedbackTask
 from sslr.tasks.classification import Rule, Scale
 
 LossName = Literal["dpsh", "hashnet", "dch", "csq", "hyp2"]
@@ -72,6 +72,9 @@ class HashingTask(FeedbackTask):
         continuation_step: HashNet only: beta of u = tanh(beta z) is raised every this many
             training steps (:func:`sslr.hashing.hashnet_beta`); the last value is kept in the
             checkpoint and used for evaluation and attacks.
+        compile: run the network through ``torch.compile`` inside the Trainer: true (the
+            default mode) or a mode, e.g. ``max-autotune-no-cudagraphs``. The first steps pay
+            the compilation; see the README's Speed section for when it pays off.
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class HashingTask(FeedbackTask):
         lr_scheduler: LRSchedulerCallable | None = None,
         map_topk: int | None = None,
         continuation_step: int = 200,
+        compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
+        self._check_compile(compile)
         _check_positive_int("bits", bits, f" (usually one of {', '.join(map(str, USUAL_BITS))})")
         if map_topk is not None:
             _check_positive_int("map_topk", map_topk, " or null (the whole database)")

@@ -208,3 +208,15 @@ def test_large_upsampled_pools_stay_native_and_batches_are_upsampled(monkeypatch
     assert x_eval.shape[1:] == (3, 64, 64) and x_eval.dtype == torch.float32
     # Both paths show the same images (up to uint8 rounding at setup).
     assert (lazy.split("test")[0] - upfront.split("test")[0]).abs().mean() < 0.01
+
+
+def test_a_second_run_on_the_same_datamodule_sees_the_same_augmentation():
+    data = Digits(batch_size=8, num_workers=0)
+    data.setup("fit")
+    x = data.split("train")[0][:8]
+    first = data.transform_batch(x, train=True)
+    again_same_run = data.transform_batch(x, train=True)  # the stream moves on within a run
+    data.setup("fit")  # a new Trainer entry (a second trainer.fit in the same process)
+    second_run = data.transform_batch(x, train=True)
+    assert not torch.equal(first, again_same_run)
+    assert torch.equal(first, second_run)

@@ -1,0 +1,100 @@
+"""The tasks' ``compile`` switch: validated at construction, applied once when a Trainer first
+runs the task, the same weights and checkpoint keys as an eager run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+from lightning.pytorch import Trainer
+from torch import nn
+
+from sslr.data import Digits
+from sslr.tasks import ClassificationTask, HashingTask
+
+pytestmark = pytest.mark.skipif(
+    not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here"
+)
+
+
+@pytest.mark.parametrize("task", [ClassificationTask, HashingTask])
+def test_an_unknown_compile_mode_is_one_line_listing_the_modes(task):
+    with pytest.raises(ValueError, match="max-autotune-no-cudagraphs.*got 'fastest'"):
+        task(compile="fastest")
+
+
+def _fit(task, tmp_path, steps=2):
+    data = Digits(batch_size=16, num_workers=0)  # a fresh one: its augmentation stream restarts
+    torch.manual_seed(0)
+    task.configure_optimizers = lambda: torch.optim.SGD(task.parameters(), lr=0.05)
+    trainer = Trainer(
+        max_steps=steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
+    trainer.fit(task, datamodule=data)
+    trainer.validate(task, datamodule=data, verbose=False)
+    return {k: v.detach().clone() for k, v in task.state_dict().items()}
+
+
+@pytest.fixture
+def eager_dynamo(monkeypatch):
+    """nn.Module.compile through dynamo's eager backend (tracing without code generation, fast
+    on a CPU), recording the modes it was asked for."""
+    modes = []
+    original = nn.Module.compile
+
+    def compile_eager(self, *args, mode=None, **kwargs):
+        modes.append(mode)
+        return original(self, backend="eager")
+
+    monkeypatch.setattr(nn.Module, "compile", compile_eager)
+    torch._dynamo.reset()
+    yield modes
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", [True, "max-autotune-no-cudagraphs"])
+def test_compiled_usf_run_trains_the_same_weights_as_eager(eager_dynamo, tmp_path, mode):
+    data = Digits(batch_size=16, num_workers=0)
+    kwargs = dict(rule="usf", small_input=True, mean=data.mean, std=data.std)
+    torch.manual_seed(0)
+    eager = ClassificationTask("resnet18", data.num_classes, **kwargs)
+    compiled = copy.deepcopy(eager)
+    compiled.hparams["compile"] = mode
+    initial = {k: v.detach().clone() for k, v in eager.state_dict().items()}
+    want = _fit(eager, tmp_path / "eager")
+    assert eager_dynamo == []  # compile=False never compiles
+    got = _fit(compiled, tmp_path / "compiled")
+    # compiled once (fit then validate), with the mode asked for (True: torch's default)
+    assert eager_dynamo == [None if mode is True else mode]
+    assert got.keys() == want.keys()  # checkpoints keep their keys: no _orig_mod prefix
+    moved = [k for k in want if not torch.equal(want[k], initial[k])]
+    assert moved, "the run trained nothing"
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_usf_run_trains_the_same_weights_as_eager(tmp_path):
+    """The real thing: inductor's generated code (a C++ compiler on the CPU; minutes)."""
+    torch._dynamo.reset()
+    data = Digits(batch_size=16, num_workers=0)
+    kwargs = dict(rule="usf", small_input=True, mean=data.mean, std=data.std)
+    torch.manual_seed(0)
+    eager = ClassificationTask("resnet18", data.num_classes, **kwargs)
+    compiled = copy.deepcopy(eager)
+    compiled.hparams["compile"] = True
+    want = _fit(eager, tmp_path / "eager")
+    got = _fit(compiled, tmp_path / "compiled")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=1e-5, msg=key)
+    torch._dynamo.reset()
