@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 
 import yaml
@@ -228,20 +227,18 @@ def config_source(value, key: str, here: Path) -> Config:
     return path
 
 
-_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
-
-
 def _eps(value):
     """``8/255`` -> 0.0313...; numbers and anything else as given (SuiteConfig checks them)."""
+    from sslr.robustness.config import eps_value
+
     if isinstance(value, list):
         return [_eps(v) for v in value]
-    match = _FRACTION.match(value) if isinstance(value, str) else None
-    if match:
-        try:
-            return float(match.group(1)) / float(match.group(2))
-        except (ValueError, ZeroDivisionError):
-            return value
-    return value
+    if not isinstance(value, str):
+        return value
+    try:
+        return eps_value(value)
+    except ValueError:
+        return value
 
 
 def _suite(suite, with_bp: bool) -> dict:

@@ -4,6 +4,7 @@ validated object (strings at the edge, enums inside)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -118,6 +119,24 @@ def _parse(enum: type[Enum], values: Sequence[str], what: str, allowed=None) -> 
     return tuple(out)
 
 
+_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
+
+
+def eps_value(value: float | str) -> float:
+    """An epsilon as a float: a number, or a fraction written ``8/255`` (as papers write them)."""
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        try:
+            if match:
+                return float(match.group(1)) / float(match.group(2))
+            return float(value)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"epsilon {value!r} is neither a number nor a fraction such as 8/255"
+            ) from None
+    return float(value)
+
+
 def _check_eps(values: Sequence[float], name: str, upper: float | None) -> tuple[float, ...]:
     if isinstance(values, (int, float)):
         values = [values]
@@ -157,8 +176,8 @@ class SuiteConfig:
             ``hag`` (untargeted, scored by mAP), ``p2p`` and ``dhta`` (targeted, t-mAP).
             Default: the task's (classification fgsm, pgd; hashing pgd, hag, p2p, dhta).
         norms: ``linf`` and/or ``l2``, for every attack.
-        eps: L-inf epsilons. Default (0, 2, 8)/255 (a CPU run of minutes; the paper's curves
-            set (0, 1, 2, 4, 8, 16)/255 in their configs).
+        eps: L-inf epsilons: numbers, or fractions such as 8/255. Default (0, 2, 8)/255 (a
+            CPU run of minutes; the paper's curves set (0, 1, 2, 4, 8, 16)/255 in their configs).
         eps_l2: L2 epsilons. Default (0, 0.5).
         steps: iterations of the iterative attacks (FGSM is one step of size eps, no random
             start).
@@ -195,8 +214,8 @@ class SuiteConfig:
 
     attacks: list[str] | None = None
     norms: list[NormName] = field(default_factory=lambda: ["linf"])
-    eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_LINF))
-    eps_l2: list[float] = field(default_factory=lambda: list(DEFAULT_EPS_L2))
+    eps: list[float | str] = field(default_factory=lambda: list(DEFAULT_EPS_LINF))
+    eps_l2: list[float | str] = field(default_factory=lambda: list(DEFAULT_EPS_L2))
     steps: int = 10
     step_size: float = 2.5
     random_start: bool = True
@@ -221,6 +240,10 @@ class SuiteConfig:
         from sslr.robustness.registry import check_attacks, get_attack
 
         # Every check runs here, so a bad setting fails before any work starts.
+        for key in ("eps", "eps_l2"):  # 8/255 given on the command line or in a config
+            values = getattr(self, key)
+            if isinstance(values, (list, tuple)):
+                setattr(self, key, [eps_value(v) for v in values])
         if GradientSource.NONE.value in [str(g).lower() for g in self.gradients]:
             raise ValueError(
                 "Gradient source 'none' cannot be chosen: it is the gradient of query attacks "

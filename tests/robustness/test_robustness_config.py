@@ -110,3 +110,26 @@ def test_yaml_through_jsonargparse(tmp_path):
     bad.write_text("suite:\n  attacks: [pgdd]\n")
     with pytest.raises(Exception, match="pgdd"):
         instantiate(parser.parse_args(["--config", str(bad)]))
+
+
+def test_epsilons_may_be_written_as_fractions_on_the_command_line():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--suite", type=SuiteConfig, default=SuiteConfig())
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    args = [
+        "--suite.eps",
+        "[0, 8/255, 0.05]",
+        "--suite.eps_l2",
+        "[1/2]",
+        "--suite.norms",
+        "[linf, l2]",
+    ]
+    suite = instantiate(parser.parse_args(args)).suite
+    assert suite.eps_for(Norm.LINF) == (0.0, 8 / 255, 0.05)
+    assert suite.eps_for(Norm.L2) == (0.5,)
+    with pytest.raises(ValueError, match="'8 over 255' is neither a number nor a fraction"):
+        SuiteConfig(eps=[0, "8 over 255"])
+    with pytest.raises(ValueError, match="'8/0' is neither"):
+        SuiteConfig(eps=["8/0"])
