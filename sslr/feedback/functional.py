@@ -151,9 +151,14 @@ def conv_arguments(stride, padding, dilation, groups: int) -> tuple:
 
 
 def feedback_conv2d(
-    x: Tensor, weight: Tensor, bias: Tensor | None, aux: Tensor | None, feedback: Feedback,
-    conv: tuple, draw: Draw | None = None,
-) -> Tensor:  # fmt: skip
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    aux: Tensor | None,
+    feedback: Feedback,
+    conv: tuple,
+    draw: Draw | None = None,
+) -> Tensor:
     """``F.conv2d(x, weight, bias, *conv)`` whose input gradient uses
     B = ``feedback.rule.matrix(weight, aux, ...)``; ``conv`` from :func:`conv_arguments`, with
     numeric padding (the layer resolves "same"/"valid" and padding modes). Layers build
@@ -165,9 +170,13 @@ def feedback_conv2d(
 
 
 def feedback_linear(
-    x: Tensor, weight: Tensor, bias: Tensor | None, aux: Tensor | None, feedback: Feedback,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    aux: Tensor | None,
+    feedback: Feedback,
     draw: Draw | None = None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """``F.linear(x, weight, bias)`` whose input gradient uses
     B = ``feedback.rule.matrix(weight, aux, ...)``."""
     xc, wc, bc = autocast_inputs(x, weight, bias)
