@@ -136,15 +136,18 @@ class FeedbackLayer:
 
     @torch.compiler.disable  # a host-side generator seeded per draw: kept out of graphs
     def _draw_magnitude(self) -> Tensor:
+        # Plain attributes are written through __dict__ on this path (every layer, every
+        # step): nn.Module.__setattr__'s checks cost about 8 microseconds a write.
         seed, draws = self._brsf_state()
-        self._hashed = False
+        if self._hashed:
+            self._hashed = False
         if self.training:  # a new batch: a new B
             draws += 1
             self._set_draws(seed, draws)
             key = derive_seed(seed, TRAIN, draws)
         elif self._resample_count is not None:  # attacks: a fresh B per forward
             key = derive_seed(seed, RESAMPLE, draws, self._resample_count)
-            self._resample_count += 1
+            self.__dict__["_resample_count"] = self._resample_count + 1
         else:  # eval: the current draw, unchanged
             key = derive_seed(seed, TRAIN, draws)
         return uniform_like(self.weight.detach(), 0.0, self._bound, key)
@@ -156,13 +159,13 @@ class FeedbackLayer:
         s, d = self._buffers[_SEED], self._buffers[_DRAWS]
         h = self._host
         if h is None or h[0] is not s or h[1] != s._version or h[2] is not d or h[3] != d._version:
-            h = self._host = (s, s._version, d, d._version, int(s), int(d))
+            h = self.__dict__["_host"] = (s, s._version, d, d._version, int(s), int(d))
         return h[4], h[5]
 
     def _set_draws(self, seed: int, draws: int) -> None:
         s, d = self._buffers[_SEED], self._buffers[_DRAWS]
         d.fill_(draws)
-        self._host = (s, s._version, d, d._version, seed, draws)
+        self.__dict__["_host"] = (s, s._version, d, d._version, seed, draws)
 
     def feedback_matrix(self) -> Tensor:
         """B as the layer's backward would use it now (detached; brsf: the current draw)."""
