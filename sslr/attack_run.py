@@ -130,6 +130,12 @@ def attack_checkpoint(
     model.eval()
     task = "hashing" if "bits" in getattr(model, "hparams", {}) else "classification"
     settings = resolved_settings(config, task, ckpt_path)
+    if config.wants_transfer and config.surrogate_ckpt is None and _white_box(config, task):
+        raise UserError(
+            "--suite.gradients has transfer, which needs --suite.surrogate_ckpt: the checkpoint "
+            "of the model whose adversarial examples are transferred (the bp fine-tuned one); "
+            "set it, or drop transfer"
+        )
     surrogate = None
     if config.wants_transfer and config.surrogate_ckpt is not None:
         surrogate = load_surrogate(model, config.surrogate_ckpt, device or "cpu")
@@ -157,6 +163,12 @@ def attack_checkpoint(
     say(format_table(rows))
     say(format_verdict(checks))
     return rows
+
+
+def _white_box(config: SuiteConfig, task: str) -> bool:
+    from sslr.robustness import get_attack
+
+    return any(get_attack(name).white_box for name in config.attacks_for(task))
 
 
 MASKING_CSV = "masking.csv"

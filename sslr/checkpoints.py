@@ -247,5 +247,5 @@ def require_lightning(checkpoint: dict, path, what: str = "--ckpt_path") -> None
         raise CheckpointError(
             f"{what} {str(path)!r} is not a checkpoint written by `sslr fit` (no state_dict or "
             "Lightning version in it); a plain state dict can start a run as "
-            "--model.init_args.pretrained_ckpt"
+            "--model.pretrained_ckpt"
         )

@@ -571,7 +571,8 @@ def main(args: list[str] | None = None) -> int:
         _check_config_files(resolve_config_args(argv))  # packaged configs by name first
         cli = run(argv)
     except ArgumentError as err:
-        return _fail(_argument_message(err))
+        subcommand = next((a for a in argv if not a.startswith("-")), "<subcommand>")
+        return _fail(_argument_message(err).replace("<subcommand>", subcommand))
     except USER_ERRORS as err:
         if os.environ.get("SSLR_DEBUG"):
             raise
@@ -610,16 +611,25 @@ def _argument_message(err: Exception) -> str:
             details.append(line)
     key = ".".join(keys)
     detail = details[-1] if details else str(err).strip().splitlines()[0]
+    nested = re.match(r"NestedArg\(key='[^']*', val='(.*)'\)$", given or "")
+    given = nested.group(1) if nested else given
     if keys in (["data"], ["model"]) and "import path" in detail and given:
         package = {"data": sslr.data, "model": sslr.tasks}[keys[0]]
         base = {"data": LightningDataModule, "model": LightningModule}[keys[0]]
         known = [n for n in package.__all__ if _is_subclass(getattr(package, n), base)]
         known = [n for n in known if "DataModule" not in n]
         detail = f"unknown class {given!r}; known: {', '.join(known)}"
-    literal = re.search(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", detail)
+    literal = re.search(r"Expected a typing\.Literal\[(.*)\](?:\. Got value: (.*))?", detail)
     if literal:
         choices = literal.group(1).replace("'", "")
-        detail = f"{literal.group(2)!r} is not one of {choices}"
+        if key.endswith(".compile"):  # bool | mode: jsonargparse names only the modes
+            choices = f"true, false, {choices}"
+        value = literal.group(2) or given
+        detail = f"{value!r} is not one of {choices}" if value else f"choose one of {choices}"
+    as_list = re.search(r"Expected a <class 'list'>(?:\. Got value: (.*))?", detail)
+    if as_list and (as_list.group(1) or given):
+        value = as_list.group(1) or given
+        detail = f"{value!r} must be a list, e.g. [{value}]"
     if not isinstance(err, ArgumentError):
         return detail
     where = f"{key}: " if key else ""

@@ -204,14 +204,14 @@ def verdict(
                     if white and black:
                         w = min(white, key=lambda r: r.value)
                         b = min(black, key=lambda r: r.value)
-                        pairs.append((w, b, f"{_cell(b)} beats {_cell(w)}"))
+                        pairs.append((w, b, f"{_cell(b)} vs {_cell(w)}"))
                 checks.append(_worst_gap(pairs, name, metric, z))
             elif name == "iterative_vs_single_step":
                 single = {
                     (r.norm, r.eps, r.gradient): r for r in attacked if r.attack in SINGLE_STEP
                 }
                 pairs = [
-                    (r, single[k], f"{_cell(r)} weaker than fgsm")
+                    (r, single[k], f"{_cell(r)} vs fgsm")
                     for r in attacked
                     if _iterative(r.attack) and (k := (r.norm, r.eps, r.gradient)) in single
                 ]
@@ -277,7 +277,7 @@ def _monotonic(rows: list[_Row], metric: str, z) -> Check:
                     best = (
                         rise,
                         noise_margin(min(r.n, low.n), z),
-                        f"{_cell(r)} above eps={low.eps:.4g}",
+                        f"{_cell(r)} vs eps={low.eps:.4g}",
                     )
             if low is None or r.value < low.value:
                 low = r

@@ -46,3 +46,13 @@ def quiet_third_party() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+    # sslr test / validate log into their own folder, so Lightning notes that ModelCheckpoint's
+    # folder differs from the fit's: true, intended, and nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    if not os.environ.get("SSLR_DEBUG"):
+        warnings.formatwarning = _one_line  # SSLR_DEBUG=1 shows the source line as Python does
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    # A warning as one line a user reads, without the source line Python prints under it.
+    return f"warning: {message}\n"

@@ -81,9 +81,11 @@ class InMemoryDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the data and build the splits once; resize the whole pool to ``image_size``.
-        Every call (each Trainer entry) restarts the augmentation stream, so a second fit with
-        this object sees the same augmented batches as the first."""
-        self._aug_key = None
+        The start of a fit (``stage="fit"``, once per ``trainer.fit``) restarts the augmentation
+        stream, so a second fit with this object sees the same augmented batches as the first;
+        loaders built during a fit (they call ``setup()``) leave it running."""
+        if stage == "fit":
+            self._aug_key = None
         if self._x is not None:
             return
         x, y, index = self._load()

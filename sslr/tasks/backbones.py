@@ -95,8 +95,8 @@ def torchvision_state_dict(backbone: str, weights: str) -> dict[str, torch.Tenso
         except OSError as err:  # urllib's URLError and HTTPError are OSErrors: offline
             raise PretrainedWeightsError(
                 f"Could not download {backbone} weights {weights} ({err}): they are not in the "
-                f"cache at {cache}; copy the file there, or pass model.init_args.pretrained_ckpt "
-                "with a local checkpoint, or set weights to null"
+                f"cache at {cache}; copy the file there, or pass --model.pretrained_ckpt "
+                "with a local checkpoint, or --model.weights null"
             ) from err
     return load_checkpoint(cache, f"cached {backbone} weights {weights}")
 

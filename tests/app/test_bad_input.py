@@ -144,6 +144,18 @@ ATTACK = {
     "eps not finite": (["--ckpt_path", "{in}/good.ckpt", "--suite.eps", "[nan]"], "eps"),
     "steps 0": (["--ckpt_path", "{in}/good.ckpt", "--suite.steps", "0"], "steps"),
     "unknown attack": (["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "[nosuch]"], "nosuch"),
+    "transfer without a surrogate": (
+        ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[rule, transfer]"],
+        "needs --suite.surrogate_ckpt",
+    ),
+    "an attack list that is not a list": (
+        ["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "fgsm"],
+        "'fgsm' must be a list, e.g. [fgsm] (see `sslr attack --help`)",
+    ),
+    "unknown compile mode": (
+        ["--ckpt_path", "{in}/good.ckpt", "--model.compile", "fastest"],
+        "'fastest' is not one of true, false, default",
+    ),
     "unwritable output folder": (
         ["--ckpt_path", "{in}/good.ckpt", "--out_dir", "{in}/afile/attack"],
         "is not a writable folder",
