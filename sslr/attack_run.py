@@ -32,8 +32,9 @@ from sslr.atomic import FolderLock, atomic_write
 from sslr.errors import UserError
 from sslr.masking import format_verdict, verdict
 from sslr.results import RobustnessRow, format_table
-from sslr.robustness import SuiteConfig, SuiteResult, run_suite
+from sslr.robustness import SuiteConfig, SuiteResult, get_attack, run_suite
 from sslr.robustness.config import RENAMED
+from sslr.robustness.suite import check_surrogate
 
 
 @dataclass
@@ -130,12 +131,11 @@ def attack_checkpoint(
     model.eval()
     task = "hashing" if "bits" in getattr(model, "hparams", {}) else "classification"
     settings = resolved_settings(config, task, ckpt_path)
-    if config.wants_transfer and config.surrogate_ckpt is None and _white_box(config, task):
-        raise UserError(
-            "--suite.gradients has transfer, which needs --suite.surrogate_ckpt: the checkpoint "
-            "of the model whose adversarial examples are transferred (the bp fine-tuned one); "
-            "set it, or drop transfer"
-        )
+    try:  # before any folder is made: the engine checks it again when it runs
+        specs = [get_attack(name) for name in config.attacks_for(task)]
+        check_surrogate(config, specs, config.surrogate_ckpt)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     surrogate = None
     if config.wants_transfer and config.surrogate_ckpt is not None:
         surrogate = load_surrogate(model, config.surrogate_ckpt, device or "cpu")
@@ -163,12 +163,6 @@ def attack_checkpoint(
     say(format_table(rows))
     say(format_verdict(checks))
     return rows
-
-
-def _white_box(config: SuiteConfig, task: str) -> bool:
-    from sslr.robustness import get_attack
-
-    return any(get_attack(name).white_box for name in config.attacks_for(task))
 
 
 MASKING_CSV = "masking.csv"

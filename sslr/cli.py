@@ -605,14 +605,12 @@ def _argument_message(err: Exception) -> str:
         if match:
             keys.append(match.group(1))
             line = match.group(2)
-        if line.startswith("Given value:"):
+        if line.startswith("Given value:") and given is None:  # the innermost comes first
             given = line.split(":", 1)[1].strip()
         if line and not line.startswith(_NOISE):
             details.append(line)
     key = ".".join(keys)
     detail = details[-1] if details else str(err).strip().splitlines()[0]
-    nested = re.match(r"NestedArg\(key='[^']*', val='(.*)'\)$", given or "")
-    given = nested.group(1) if nested else given
     if keys in (["data"], ["model"]) and "import path" in detail and given:
         package = {"data": sslr.data, "model": sslr.tasks}[keys[0]]
         base = {"data": LightningDataModule, "model": LightningModule}[keys[0]]
@@ -622,7 +620,7 @@ def _argument_message(err: Exception) -> str:
     literal = re.search(r"Expected a typing\.Literal\[(.*)\](?:\. Got value: (.*))?", detail)
     if literal:
         choices = literal.group(1).replace("'", "")
-        if key.endswith(".compile"):  # bool | mode: jsonargparse names only the modes
+        if "Expected a <class 'bool'>" in details:  # a union with bool: name its two values
             choices = f"true, false, {choices}"
         value = literal.group(2) or given
         detail = f"{value!r} is not one of {choices}" if value else f"choose one of {choices}"

@@ -39,16 +39,30 @@ def art_generate(attack, x: torch.Tensor, y_onehot: torch.Tensor) -> torch.Tenso
     return torch.from_numpy(adv).to(device=x.device, dtype=x.dtype)
 
 
-def art_square_attack(classifier, *, norm: str, eps: float, queries: int, batch_size: int,
-                      p_init: float = 0.8, restarts: int = 1):  # fmt: skip
+def art_square_attack(
+    classifier,
+    *,
+    norm: str,
+    eps: float,
+    queries: int,
+    batch_size: int,
+    p_init: float = 0.8,
+    restarts: int = 1,
+):
     """ART's ``SquareAttack`` on an ART classifier, ``max_iter=queries``, quiet."""
     import numpy as np
     from art.attacks.evasion import SquareAttack
 
     return SquareAttack(
-        classifier, norm=np.inf if norm == "linf" else 2, eps=eps, max_iter=queries,
-        p_init=p_init, nb_restarts=restarts, batch_size=batch_size, verbose=False,
-    )  # fmt: skip
+        classifier,
+        norm=np.inf if norm == "linf" else 2,
+        eps=eps,
+        max_iter=queries,
+        p_init=p_init,
+        nb_restarts=restarts,
+        batch_size=batch_size,
+        verbose=False,
+    )
 
 
 def square_art(

@@ -137,7 +137,7 @@ class FeedbackLayer:
     @torch.compiler.disable  # a host-side generator seeded per draw: kept out of graphs
     def _draw_magnitude(self) -> Tensor:
         # Plain attributes are written through __dict__ on this path (every layer, every
-        # step): nn.Module.__setattr__'s checks cost about 8 microseconds a write.
+        # step): nn.Module.__setattr__ costs about 2 microseconds a write here, __dict__ 0.2.
         seed, draws = self._brsf_state()
         if self._hashed:
             self._hashed = False

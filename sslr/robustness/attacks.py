@@ -106,18 +106,31 @@ def pgd(
     return x_adv.clamp(0.0, 1.0).detach()
 
 
-def pgd_art(classifier: GradientSourceClassifier, x, y_onehot, **options) -> torch.Tensor:
-    """:func:`pgd` (``options``: its ``norm``, ``eps``, ``step``, ``steps``, ``start_random``)
-    through ART's ``ProjectedGradientDescentPyTorch.generate``: the reference backend; its
-    random start draws from NumPy's global generator."""
+def pgd_art(
+    classifier: GradientSourceClassifier,
+    x: torch.Tensor,
+    y_onehot: torch.Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    step: float,
+    steps: int,
+    start_random: bool,
+) -> torch.Tensor:
+    """The same attack through ART's ``ProjectedGradientDescentPyTorch.generate`` (the
+    reference backend; its random start draws from NumPy's global generator)."""
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
-    o = options
     attack = ProjectedGradientDescentPyTorch(
-        classifier, norm=np.inf if o["norm"] is Norm.LINF else 2, eps=o["eps"],
-        eps_step=o["step"], max_iter=o["steps"], num_random_init=int(o["start_random"]),
-        batch_size=x.shape[0], verbose=False,
-    )  # fmt: skip
+        classifier,
+        norm=np.inf if norm is Norm.LINF else 2,
+        eps=eps,
+        eps_step=step,
+        max_iter=steps,
+        num_random_init=int(start_random),
+        batch_size=x.shape[0],
+        verbose=False,
+    )
     return art_generate(attack, x, y_onehot)
 
 

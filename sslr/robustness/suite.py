@@ -111,11 +111,14 @@ def _warn_eot(config: SuiteConfig, specs, target) -> None:
             )
 
 
-def _check_surrogate(config: SuiteConfig, specs, surrogate) -> None:
+def check_surrogate(config: SuiteConfig, specs, surrogate) -> None:
+    """ValueError when ``config`` asks for transfer attacks (a white-box spec among ``specs``)
+    and there is no ``surrogate`` (a model, or its checkpoint path)."""
     if config.wants_transfer and any(s.white_box for s in specs) and surrogate is None:
         raise ValueError(
-            "gradient 'transfer' needs a surrogate: set surrogate_ckpt to the bp fine-tuned "
-            "model's checkpoint, or pass surrogate="
+            "gradient 'transfer' needs a surrogate: --suite.surrogate_ckpt (surrogate_ckpt in a "
+            "config, surrogate= from Python), the model whose adversarial examples are "
+            "transferred (the bp fine-tuned one); set it, or drop transfer"
         )
 
 
@@ -286,7 +289,7 @@ def run_cells(
     warning) for a target without brsf layers, where it equals ``rule``."""
     target = evaluation.target
     specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
-    _check_surrogate(config, specs, evaluation.surrogate)
+    check_surrogate(config, specs, evaluation.surrogate)
     _warn_eot(config, specs, target)
     cells = [
         (spec, norm, source, float(eps))
@@ -385,7 +388,7 @@ def classification_evaluation(target, x, y, config, surrogate=None) -> Classific
     target = as_target(target)
     surrogate = None if surrogate is None else as_target(surrogate)
     specs = [get_attack(a) for a in config.attacks_for("classification")]
-    _check_surrogate(config, specs, surrogate)
+    check_surrogate(config, specs, surrogate)
     check_classes(specs, config, target.num_classes)
     device = target.device
     return ClassificationEvaluation(target, surrogate, x.to(device), y.to(device))
@@ -444,12 +447,12 @@ def suite_evaluation(target, data, config: SuiteConfig, surrogate=None):
         target = as_hashing_target(target)
         surrogate = None if surrogate is None else as_hashing_target(surrogate)
         specs = [get_attack(a) for a in config.attacks_for("hashing")]
-        _check_surrogate(config, specs, surrogate)
+        check_surrogate(config, specs, surrogate)
         return hashing_evaluation(target, data, config, surrogate)
     target = as_target(target)
     surrogate = None if surrogate is None else as_target(surrogate)
     specs = [get_attack(a) for a in config.attacks_for("classification")]
-    _check_surrogate(config, specs, surrogate)
+    check_surrogate(config, specs, surrogate)
     if surrogate is not None and surrogate.num_classes != target.num_classes:
         raise ValueError(
             f"The surrogate has {surrogate.num_classes} classes, the target {target.num_classes}"

@@ -146,7 +146,7 @@ ATTACK = {
     "unknown attack": (["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "[nosuch]"], "nosuch"),
     "transfer without a surrogate": (
         ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[rule, transfer]"],
-        "needs --suite.surrogate_ckpt",
+        "needs a surrogate: --suite.surrogate_ckpt",
     ),
     "an attack list that is not a list": (
         ["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "fgsm"],

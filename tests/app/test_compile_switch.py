@@ -45,6 +45,18 @@ def _fit(task, tmp_path, steps=2):
     return {k: v.detach().clone() for k, v in task.state_dict().items()}
 
 
+def _usf_pair(mode):
+    """A usf resnet18 task (seed 0), an identical copy with ``compile=mode``, and its weights."""
+    data = Digits(batch_size=16, num_workers=0)
+    torch.manual_seed(0)
+    eager = ClassificationTask(
+        "resnet18", data.num_classes, rule="usf", small_input=True, mean=data.mean, std=data.std
+    )
+    compiled = copy.deepcopy(eager)
+    compiled.hparams["compile"] = mode
+    return eager, compiled, {k: v.detach().clone() for k, v in eager.state_dict().items()}
+
+
 @pytest.fixture
 def eager_dynamo(monkeypatch):
     """nn.Module.compile through dynamo's eager backend (tracing without code generation, fast
@@ -64,13 +76,7 @@ def eager_dynamo(monkeypatch):
 
 @pytest.mark.parametrize("mode", [True, "max-autotune-no-cudagraphs"])
 def test_compiled_usf_run_trains_the_same_weights_as_eager(eager_dynamo, tmp_path, mode):
-    data = Digits(batch_size=16, num_workers=0)
-    kwargs = dict(rule="usf", small_input=True, mean=data.mean, std=data.std)
-    torch.manual_seed(0)
-    eager = ClassificationTask("resnet18", data.num_classes, **kwargs)
-    compiled = copy.deepcopy(eager)
-    compiled.hparams["compile"] = mode
-    initial = {k: v.detach().clone() for k, v in eager.state_dict().items()}
+    eager, compiled, initial = _usf_pair(mode)
     want = _fit(eager, tmp_path / "eager")
     assert eager_dynamo == []  # compile=False never compiles
     got = _fit(compiled, tmp_path / "compiled")
@@ -90,13 +96,7 @@ def test_inductor_compiled_usf_step_matches_eager(tmp_path):
     measured here the weights differ by at most 6% of their layer's largest update (in
     layer4, where BP compiled differs from BP eager by 4% too), under 1% in most layers."""
     torch._dynamo.reset()
-    data = Digits(batch_size=16, num_workers=0)
-    kwargs = dict(rule="usf", small_input=True, mean=data.mean, std=data.std)
-    torch.manual_seed(0)
-    eager = ClassificationTask("resnet18", data.num_classes, **kwargs)
-    compiled = copy.deepcopy(eager)
-    compiled.hparams["compile"] = True
-    initial = {k: v.detach().clone() for k, v in eager.state_dict().items()}
+    eager, compiled, initial = _usf_pair(True)
     want = _fit(eager, tmp_path / "eager", steps=1)
     got = _fit(compiled, tmp_path / "compiled", steps=1)
     for key, value in want.items():
