@@ -13,7 +13,7 @@ Hashing, batches ``(x, labels)`` with multi-hot float labels; val/test loaders a
     ImageNet-100 list files).
 Each is a storage mode (in memory: :mod:`sslr.data.base`; streamed from disk:
 :mod:`sslr.data.streaming`) given a dataset source (:mod:`sslr.data.source`) and a split protocol
-(:mod:`sslr.data.protocols`); see :mod:`sslr.data.module`.
+(:mod:`sslr.data.protocols`), combined as mixins; see :mod:`sslr.data.module`.
 Errors a user can cause derive from DataError; their message is one sentence saying what to do.
 """
 

@@ -44,15 +44,17 @@ from sslr.data.loaders import (
     identity_collate,
     mix_seed,
 )
-from sslr.data.module import SplitDataModule
-from sslr.data.protocols import ClassificationSplits, SplitProtocol
+from sslr.data.module import SplitDataModule, WithClassificationSplits, WithHashingSplits
+from sslr.data.protocols import SplitProtocol
 from sslr.data.source import DatasetSource, DownloadableSource, default_root
 
 _AUGMENT = 101  # purpose mixed into the augmentation seed
 
 __all__ = [
     "ClassificationDataModule",
+    "Downloadable",
     "DownloadableDataModule",
+    "HashingDataModule",
     "InMemoryDataModule",
     "default_root",
 ]
@@ -64,8 +66,8 @@ class InMemoryDataModule(SplitDataModule):
     The pool and its split indices come from ``splits.split_pool(source.load(), seed, ...)``.
     """
 
-    def __init__(self, source: DatasetSource, splits: SplitProtocol) -> None:
-        super().__init__(source, splits)
+    def __init__(self, source: DatasetSource, splits: SplitProtocol, **kwargs: Any) -> None:
+        super().__init__(source, splits, **kwargs)
         self._x: Tensor | None = None  # (N, C, s, s) uint8 pool, s = image_size (or native)
         self._y: Tensor | None = None  # (N,) long or (N, K) float
         self._index: dict[str, Tensor] = {}
@@ -199,32 +201,32 @@ class InMemoryDataModule(SplitDataModule):
         return self._aug_gen
 
 
-class ClassificationDataModule(InMemoryDataModule):
+class ClassificationDataModule(WithClassificationSplits, InMemoryDataModule):
     """An in-memory DataModule with classification splits (:class:`~sslr.data.protocols.ClassificationSplits`):
     Digits, FashionMNIST, CIFAR10 and CIFAR100."""
 
 
-class DownloadableDataModule(ClassificationDataModule):
-    """Classification on a set torchvision can download (CIFAR, Fashion-MNIST): the common
-    options plus ``download`` (in ``prepare_data``, only when no local copy is found).
-    Subclasses name their source in ``source_class``."""
+class HashingDataModule(WithHashingSplits, InMemoryDataModule):
+    """An in-memory DataModule with the hashing protocol (:class:`~sslr.data.protocols.HashingSplits`):
+    HashingDigits, HashingFashionMNIST and HashingCIFAR10."""
+
+
+class Downloadable:
+    """A DataModule over a set torchvision can download (CIFAR, Fashion-MNIST): its source is
+    ``source_class(root, download)``, fetched in ``prepare_data`` only when no local copy is
+    found. Put it before the protocol's DataModule: ``class CIFAR10(Downloadable,
+    ClassificationDataModule)``; its constructor passes the source and the rest on."""
 
     source_class: type[DownloadableSource]
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            self.source_class(root, download), ClassificationSplits(val_fraction, subset)
-        )
+    def __init__(self, root: str | None = None, download: bool = True, **kwargs: Any) -> None:
+        """
+        Args:
+            root: Folder of the dataset (None: $SSLR_DATA, else ./data).
+            download: Download the dataset when no local copy is found (only with a network).
+        """
+        super().__init__(self.source_class(root, download), root=root, **kwargs)
+
+
+class DownloadableDataModule(Downloadable, ClassificationDataModule):
+    """Classification on a set torchvision can download: CIFAR10, CIFAR100, FashionMNIST."""

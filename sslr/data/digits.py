@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sslr.data.base import ClassificationDataModule
-from sslr.data.protocols import ClassificationSplits
 from sslr.data.source import DatasetSource, Pool
 from sslr.data.splits import TEST_SPLIT, stratified_split
 
@@ -53,7 +53,20 @@ class DigitsSource(DatasetSource):
         return Pool(x, y, test)
 
 
-class Digits(ClassificationDataModule):
+class Embedded:
+    """A DataModule over data that ships with a package (the digits, 2 MB in memory): loader
+    workers only add start-up time, so ``num_workers`` defaults to 0, and ``root`` is accepted
+    for a uniform interface and ignored. Put it before the protocol's DataModule."""
+
+    def __init__(self, source: DatasetSource, num_workers: int = 0, **kwargs: Any) -> None:
+        """
+        Args:
+            num_workers: DataLoader worker processes (0: the set is 2 MB in memory).
+        """
+        super().__init__(source, num_workers=num_workers, **kwargs)
+
+
+class Digits(Embedded, ClassificationDataModule):
     """scikit-learn's bundled handwritten digits (10 classes), upsampled to ``image_size`` RGB.
 
     Real data that needs no download: the default dataset of tests, demos and quick runs. The
@@ -63,25 +76,13 @@ class Digits(ClassificationDataModule):
     validation is ``val_fraction`` of the rest, drawn with ``seed``.
 
     Augmentation: random crop with zero padding (4 px at 32 px), no flip (a mirrored 2, 3, 5 or
-    7 is not the same digit). ``root`` is accepted for a uniform interface and ignored.
-    ``num_workers`` defaults to 0: the whole set is 2 MB in memory, workers only add start-up time.
+    7 is not the same digit). ``root`` is ignored and ``num_workers`` defaults to 0 (see :class:`Embedded`).
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        subset: int | None = None,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
-    ) -> None:
-        super().__init__(
-            DigitsSource(test_fraction, split_seed), ClassificationSplits(val_fraction, subset)
-        )
+    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any) -> None:
+        """
+        Args:
+            test_fraction: Fraction of every class held out as the test split.
+            split_seed: Seed of the test split (fixed whatever ``seed`` is).
+        """
+        super().__init__(DigitsSource(test_fraction, split_seed), **kwargs)

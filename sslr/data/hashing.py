@@ -16,12 +16,13 @@ Batches: ``(x, labels)`` with labels multi-hot float (N, num_classes) (one-hot h
 
 from __future__ import annotations
 
-from sslr.data.base import InMemoryDataModule
+from typing import Any
+
+from sslr.data.base import Downloadable, HashingDataModule
 from sslr.data.cifar import CIFAR10Source
-from sslr.data.digits import DigitsSource
+from sslr.data.digits import DigitsSource, Embedded
 from sslr.data.fashion_mnist import FashionMNISTSource
-from sslr.data.protocols import HashingSplits, carve_val_queries, default_val_queries
-from sslr.data.source import DownloadableSource
+from sslr.data.protocols import carve_val_queries, default_val_queries
 
 __all__ = [
     "HashingCIFAR10",
@@ -32,34 +33,8 @@ __all__ = [
 ]
 
 
-class _DownloadableHashing(InMemoryDataModule):
-    """The hashing protocol over a set torchvision can download: the protocol's options plus
-    ``download`` (in ``prepare_data``, only when no local copy is found). Subclasses name their
-    source in ``source_class``."""
-
-    source_class: type[DownloadableSource]
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        query_per_class: int = 100,
-        train_per_class: int = 500,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
-        download: bool = True,
-    ) -> None:
-        super().__init__(
-            self.source_class(root, download),
-            HashingSplits(query_per_class, train_per_class, database_size, val_queries, split_seed),
-        )
+class _DownloadableHashing(Downloadable, HashingDataModule):
+    """The hashing protocol over a set torchvision can download: HashingCIFAR10, HashingFashionMNIST."""
 
 
 class HashingCIFAR10(_DownloadableHashing):
@@ -81,30 +56,25 @@ class HashingFashionMNIST(_DownloadableHashing):
     source_class = FashionMNISTSource
 
 
-class HashingDigits(InMemoryDataModule):
+class HashingDigits(Embedded, HashingDataModule):
     """The CIFAR-10 protocol scaled to scikit-learn's 1,797 digits (embedded, no download).
 
     Per class 20 queries and 100 training images (classes have 174 to 183 images), so about
     200 queries, 1,000 training images and 597 database images. Augmentation: crop, no flip.
+    ``num_workers`` defaults to 0 (see :class:`~sslr.data.digits.Embedded`).
     """
 
     def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        image_size: int | None = 32,
-        on_device: bool = False,
-        query_per_class: int = 20,
-        train_per_class: int = 100,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
+        self, query_per_class: int = 20, train_per_class: int = 100, **kwargs: Any
     ) -> None:
+        """
+        Args:
+            query_per_class: Test queries drawn from every class.
+            train_per_class: Training images drawn from every class; the rest is the database.
+        """
         super().__init__(
             DigitsSource(),
-            HashingSplits(query_per_class, train_per_class, database_size, val_queries, split_seed),
+            query_per_class=query_per_class,
+            train_per_class=train_per_class,
+            **kwargs,
         )

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from sslr.data.errors import DatasetNotFoundError
+from sslr.data.module import WithClassificationSplits
 from sslr.data.protocols import ClassificationSplits
 from sslr.data.streaming import StreamingDataModule, StreamingSource
 from sslr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -78,7 +79,7 @@ class ImageFolderSource(StreamingSource):
         }
 
 
-class ImageFolderData(StreamingDataModule):
+class ImageFolderData(WithClassificationSplits, StreamingDataModule):
     """An ImageNet subset laid out as ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*``.
 
     Images are decoded and augmented per image in DataLoader workers (the set does not fit in
@@ -96,16 +97,18 @@ class ImageFolderData(StreamingDataModule):
         self,
         root: str,
         num_classes: int = 100,
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augment: bool = True,
         image_size: int | None = 224,
-        on_device: bool = False,
-        subset: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            root: Folder with the train/ and val/ class-per-folder trees.
+            num_classes: Number of class folders (checked against train/ in setup).
+            image_size: Side of the square crop the network sees.
+        """
         super().__init__(
-            ImageFolderSource(root, num_classes), ClassificationSplits(val_fraction, subset)
+            ImageFolderSource(root, num_classes),
+            root=root,
+            image_size=image_size,
+            **kwargs,
         )

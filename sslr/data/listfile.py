@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import default_loader
 
 from sslr.data.errors import DatasetNotFoundError, ListFileError
+from sslr.data.module import WithHashingSplits
 from sslr.data.protocols import HashingSplits
 from sslr.data.streaming import StreamingDataModule, StreamingSource
 from sslr.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -152,7 +153,7 @@ class ListFileSource(StreamingSource):
         }
 
 
-class HashingListData(StreamingDataModule):
+class HashingListData(WithHashingSplits, StreamingDataModule):
     """Multi-label hashing retrieval from list files: NUS-WIDE (21 most frequent concepts), MS-COCO
     (80) and ImageNet-100 (100).
 
@@ -176,19 +177,26 @@ class HashingListData(StreamingDataModule):
         train_list: str = "train.txt",
         query_list: str = "test.txt",
         database_list: str = "database.txt",
-        batch_size: int = 128,
-        num_workers: int = 2,
-        pin_memory: bool = True,
-        seed: int = 0,
-        augment: bool = True,
         image_size: int | None = 224,
-        database_size: int | None = None,
-        val_queries: int | None = None,
-        split_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            root: Folder the images are read from (list paths are relative to it).
+            dataset: Which set the lists describe (fixes the number of labels).
+            list_dir: Folder of the list files (None: root).
+            train_list: List file of the training images.
+            query_list: List file of the test queries.
+            database_list: List file of the retrieval database.
+            image_size: Side of the square crop the network sees.
+        """
         names = {"train": train_list, "query": query_list, "database": database_list}
         super().__init__(
             ListFileSource(root, dataset, list_dir, names),
-            HashingSplits(None, None, database_size, val_queries, split_seed),
+            query_per_class=None,  # the lists fix the queries and the training images
+            train_per_class=None,
+            root=root,
+            image_size=image_size,
+            **kwargs,
         )
         self.list_names = names

@@ -4,10 +4,15 @@ A public DataModule (``Digits``, ``HashingCIFAR10``, ``ImageFolderData``, ...) i
 (:class:`~sslr.data.base.InMemoryDataModule` or :class:`~sslr.data.streaming.StreamingDataModule`)
 given a source (:mod:`sslr.data.source`: where the images come from, their statistics, how to
 fetch them) and a split protocol (:mod:`sslr.data.protocols`: classification train/val/test or
-hashing query/train/database). Its constructor keeps its typed arguments for the CLI and only
-builds those two objects; the loader options it declares (``root``, ``batch_size``,
-``num_workers``, ``pin_memory``, ``seed``, ``augment``, ``image_size``, ``on_device``) are read
-here from its saved hyperparameters, so no constructor forwards them.
+hashing query/train/database). The loader options every DataModule shares (``root``,
+``batch_size``, ``num_workers``, ``pin_memory``, ``seed``, ``augment``, ``image_size``,
+``on_device``) are declared once, typed, by :class:`SplitDataModule`; a protocol's options once
+by its mixin here (:class:`WithClassificationSplits`, :class:`WithHashingSplits`); a source
+family's by its mixin (``Downloadable``: ``root``, ``download``; ``Embedded``: ``num_workers=0``).
+A public constructor declares only its own options (and a default that differs, such as
+HashingDigits' 20 queries per class) and passes the rest on as ``**kwargs``. The CLI (jsonargparse) follows
+``**kwargs`` into the parent constructors, so ``--data.help Digits`` lists every typed option
+with the class's own defaults.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from sslr.data.protocols import SplitProtocol
+from sslr.data.protocols import ClassificationSplits, HashingSplits, SplitProtocol
 from sslr.data.source import DatasetSource
 
 
@@ -31,14 +36,36 @@ class SplitDataModule(L.LightningDataModule):
 
     default_image_size = 32
 
-    def __init__(self, source: DatasetSource, splits: SplitProtocol) -> None:
+    def __init__(
+        self,
+        source: DatasetSource,
+        splits: SplitProtocol,
+        root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        seed: int = 0,
+        augment: bool = True,
+        image_size: int | None = 32,
+        on_device: bool = False,
+    ) -> None:
+        """The loader options of every DataModule.
+
+        Args:
+            root: Folder of the dataset (None: $SSLR_DATA, else ./data; ignored by the embedded Digits).
+            batch_size: Examples per batch (per process under DDP).
+            num_workers: DataLoader worker processes.
+            pin_memory: Pin host batches (only when the trainer runs on a GPU).
+            seed: Seed of the validation split, the training order and the augmentation.
+            augment: Random crop with padding, and a horizontal flip where it keeps the label.
+            image_size: Side of the square images the network sees (None: the storage's default).
+            on_device: Hold the whole in-memory dataset on the trainer's device (no workers).
+        """
         super().__init__()
-        # Collects the arguments of the public constructor that called this one (Lightning walks
-        # the __init__ frames of the class hierarchy), so checkpoints keep them as before.
+        # Collects the arguments of the public constructor that called this one and of every
+        # constructor between (Lightning walks the __init__ frames of the class hierarchy, with
+        # their **kwargs), so checkpoints keep them all.
         self.save_hyperparameters(ignore=["source", "splits"])
-        options = dict(self.hparams)
-        batch_size, num_workers = options["batch_size"], options["num_workers"]
-        image_size = options.get("image_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if num_workers < 0:
@@ -47,19 +74,19 @@ class SplitDataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}.")
         self.source = source
         self.splits = splits
-        self.root: str | None = options.get("root")
-        self.batch_size: int = batch_size
-        self.num_workers: int = num_workers
-        self.pin_memory: bool = options.get("pin_memory", True)
-        self.seed: int = options.get("seed", 0)
-        self.augment: bool = options.get("augment", True)
+        self.root = root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.augment = augment
         self.image_size: int = image_size or self.default_image_size
-        self.on_device: bool = options.get("on_device", False)
+        self.on_device = on_device
         self.num_classes: int = source.num_classes
         self.mean = source.mean
         self.std = source.std
         self.flip: bool = source.flip
-        for key, value in options.items():  # every constructor argument stays an attribute
+        for key, value in self.hparams.items():  # every constructor argument stays an attribute
             if not hasattr(self, key):
                 setattr(self, key, value)
 
@@ -107,3 +134,56 @@ class SplitDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self._stage(self.splits.test_splits)
+
+
+# ---- split protocols, as constructor options ---------------------------------------------------
+# Mixins placed before the storage mode (``class CIFAR10(..., WithClassificationSplits,
+# InMemoryDataModule)``): each declares its protocol's typed options once, builds the protocol,
+# and passes the source and the loader options on.
+
+
+class WithClassificationSplits:
+    """Classification splits (:class:`~sslr.data.protocols.ClassificationSplits`) for a storage mode."""
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        val_fraction: float = 0.1,
+        subset: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            val_fraction: Fraction of every class of the training part held out for validation.
+            subset: Keep only this many training examples (None: all), for quick runs.
+        """
+        super().__init__(source, ClassificationSplits(val_fraction, subset), **kwargs)
+
+
+class WithHashingSplits:
+    """The hashing retrieval protocol (:class:`~sslr.data.protocols.HashingSplits`) for a storage
+    mode. List files fix the query and training sets themselves: HashingListData passes None
+    for the per-class counts (and the CLI does not offer them there)."""
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        query_per_class: int = 100,
+        train_per_class: int = 500,
+        database_size: int | None = None,
+        val_queries: int | None = None,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            query_per_class: Test queries drawn from every class.
+            train_per_class: Training images drawn from every class; the rest is the database.
+            database_size: Cap both databases at this many images (None: no cap), for quick runs.
+            val_queries: Validation queries carved out of the database (None: as many as the test queries).
+            split_seed: Seed of the query/train/database draw and of the cap (fixed whatever ``seed`` is).
+        """
+        splits = HashingSplits(
+            query_per_class, train_per_class, database_size, val_queries, split_seed
+        )
+        super().__init__(source, splits, **kwargs)

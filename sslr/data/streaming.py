@@ -7,6 +7,8 @@ training order is a function of (seed, epoch). Images are float [0, 1], not norm
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch.utils.data import DataLoader, Dataset
 
 from sslr.data.loaders import streaming_loader
@@ -30,8 +32,8 @@ class StreamingDataModule(SplitDataModule):
 
     default_image_size = 224
 
-    def __init__(self, source: StreamingSource, splits: SplitProtocol) -> None:
-        super().__init__(source, splits)
+    def __init__(self, source: StreamingSource, splits: SplitProtocol, **kwargs: Any) -> None:
+        super().__init__(source, splits, **kwargs)
         if self.on_device:
             raise ValueError(
                 f"{type(self).__name__} streams images from disk, so on_device=True is not "
