@@ -66,8 +66,19 @@ class InMemoryDataModule(SplitDataModule):
     The pool and its split indices come from ``splits.split_pool(source.load(), seed, ...)``.
     """
 
-    def __init__(self, source: DatasetSource, splits: SplitProtocol, **kwargs: Any) -> None:
-        super().__init__(source, splits, **kwargs)
+    def __init__(
+        self,
+        source: DatasetSource,
+        splits: SplitProtocol,
+        *,
+        image_size: int | None = 32,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            image_size: Side of the square images the network sees (the pool is resized once).
+        """
+        super().__init__(source, splits, image_size=image_size, **kwargs)
         self._x: Tensor | None = None  # (N, C, s, s) uint8 pool, s = image_size (or native)
         self._y: Tensor | None = None  # (N,) long or (N, K) float
         self._index: dict[str, Tensor] = {}
@@ -219,7 +230,7 @@ class Downloadable:
 
     source_class: type[DownloadableSource]
 
-    def __init__(self, root: str | None = None, download: bool = True, **kwargs: Any) -> None:
+    def __init__(self, root: str | None = None, *, download: bool = True, **kwargs: Any) -> None:
         """
         Args:
             root: Folder of the dataset (None: $SSLR_DATA, else ./data).

@@ -58,7 +58,7 @@ class Embedded:
     workers only add start-up time, so ``num_workers`` defaults to 0, and ``root`` is accepted
     for a uniform interface and ignored. Put it before the protocol's DataModule."""
 
-    def __init__(self, source: DatasetSource, num_workers: int = 0, **kwargs: Any) -> None:
+    def __init__(self, source: DatasetSource, *, num_workers: int = 0, **kwargs: Any) -> None:
         """
         Args:
             num_workers: DataLoader worker processes (0: the set is 2 MB in memory).
@@ -79,7 +79,7 @@ class Digits(Embedded, ClassificationDataModule):
     7 is not the same digit). ``root`` is ignored and ``num_workers`` defaults to 0 (see :class:`Embedded`).
     """
 
-    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *, test_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any) -> None:
         """
         Args:
             test_fraction: Fraction of every class held out as the test split.

@@ -65,7 +65,7 @@ class HashingDigits(Embedded, HashingDataModule):
     """
 
     def __init__(
-        self, query_per_class: int = 20, train_per_class: int = 100, **kwargs: Any
+        self, *, query_per_class: int = 20, train_per_class: int = 100, **kwargs: Any
     ) -> None:
         """
         Args:

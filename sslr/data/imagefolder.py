@@ -97,18 +97,11 @@ class ImageFolderData(WithClassificationSplits, StreamingDataModule):
         self,
         root: str,
         num_classes: int = 100,
-        image_size: int | None = 224,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             root: Folder with the train/ and val/ class-per-folder trees.
             num_classes: Number of class folders (checked against train/ in setup).
-            image_size: Side of the square crop the network sees.
         """
-        super().__init__(
-            ImageFolderSource(root, num_classes),
-            root=root,
-            image_size=image_size,
-            **kwargs,
-        )
+        super().__init__(ImageFolderSource(root, num_classes), root=root, **kwargs)

@@ -169,6 +169,8 @@ class HashingListData(WithHashingSplits, StreamingDataModule):
     ``[queries, database]``. Setup checks that every listed image exists.
     """
 
+    fixed_options = ("query_per_class", "train_per_class")  # the lists fix them
+
     def __init__(
         self,
         root: str,
@@ -177,7 +179,6 @@ class HashingListData(WithHashingSplits, StreamingDataModule):
         train_list: str = "train.txt",
         query_list: str = "test.txt",
         database_list: str = "database.txt",
-        image_size: int | None = 224,
         **kwargs: Any,
     ) -> None:
         """
@@ -188,7 +189,6 @@ class HashingListData(WithHashingSplits, StreamingDataModule):
             train_list: List file of the training images.
             query_list: List file of the test queries.
             database_list: List file of the retrieval database.
-            image_size: Side of the square crop the network sees.
         """
         names = {"train": train_list, "query": query_list, "database": database_list}
         super().__init__(
@@ -196,7 +196,6 @@ class HashingListData(WithHashingSplits, StreamingDataModule):
             query_per_class=None,  # the lists fix the queries and the training images
             train_per_class=None,
             root=root,
-            image_size=image_size,
             **kwargs,
         )
         self.list_names = names

@@ -35,18 +35,22 @@ class SplitDataModule(L.LightningDataModule):
     """
 
     default_image_size = 32
+    # Options a subclass fixes itself (passes as constants up the chain): not recorded, since
+    # its constructor does not take them.
+    fixed_options: tuple[str, ...] = ()
 
     def __init__(
         self,
         source: DatasetSource,
         splits: SplitProtocol,
+        *,
         root: str | None = None,
         batch_size: int = 128,
         num_workers: int = 2,
         pin_memory: bool = True,
         seed: int = 0,
         augment: bool = True,
-        image_size: int | None = 32,
+        image_size: int | None = None,
         on_device: bool = False,
     ) -> None:
         """The loader options of every DataModule.
@@ -59,13 +63,14 @@ class SplitDataModule(L.LightningDataModule):
             seed: Seed of the validation split, the training order and the augmentation.
             augment: Random crop with padding, and a horizontal flip where it keeps the label.
             image_size: Side of the square images the network sees (None: the storage's default).
-            on_device: Hold the whole in-memory dataset on the trainer's device (no workers).
+            on_device: Hold the whole dataset on the trainer's device, no workers (in-memory
+                datasets only: a streaming one refuses True).
         """
         super().__init__()
         # Collects the arguments of the public constructor that called this one and of every
         # constructor between (Lightning walks the __init__ frames of the class hierarchy, with
         # their **kwargs), so checkpoints keep them all.
-        self.save_hyperparameters(ignore=["source", "splits"])
+        self.save_hyperparameters(ignore=["source", "splits", *self.fixed_options])
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if num_workers < 0:
@@ -148,6 +153,7 @@ class WithClassificationSplits:
     def __init__(
         self,
         source: DatasetSource,
+        *,
         val_fraction: float = 0.1,
         subset: int | None = None,
         **kwargs: Any,
@@ -168,6 +174,7 @@ class WithHashingSplits:
     def __init__(
         self,
         source: DatasetSource,
+        *,
         query_per_class: int = 100,
         train_per_class: int = 500,
         database_size: int | None = None,

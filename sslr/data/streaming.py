@@ -32,8 +32,19 @@ class StreamingDataModule(SplitDataModule):
 
     default_image_size = 224
 
-    def __init__(self, source: StreamingSource, splits: SplitProtocol, **kwargs: Any) -> None:
-        super().__init__(source, splits, **kwargs)
+    def __init__(
+        self,
+        source: StreamingSource,
+        splits: SplitProtocol,
+        *,
+        image_size: int | None = 224,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            image_size: Side of the square crop the network sees (resize to 256/224 of it first).
+        """
+        super().__init__(source, splits, image_size=image_size, **kwargs)
         if self.on_device:
             raise ValueError(
                 f"{type(self).__name__} streams images from disk, so on_device=True is not "

@@ -10,6 +10,11 @@ stated gradient source (``rule``, ``exact``, ``eot``, ``transfer``); results as
 """
 
 from sslr.results import COLUMNS, RobustnessRow, accuracies
+
+# The built-in attacks register when imported: FGSM, PGD, Square and the hashing attacks, then
+# the field's reference attacks (APGD-CE, APGD-T, device Square, AutoAttack), so that
+# list_attacks() and error messages name them in this order.
+from sslr.robustness import attacks, reference  # noqa: F401
 from sslr.robustness.attacks import AttackBoundsError
 from sslr.robustness.config import Attack, Backend, GradientSource, Norm, SuiteConfig
 from sslr.robustness.gradients import GradientSourceClassifier, gradient_context

@@ -219,7 +219,3 @@ register_attack("pgd", pgd_attack)
 register_attack("hag", pgd_attack, tasks=("hashing",), objective="hag")
 register_attack("p2p", pgd_attack, tasks=("hashing",), objective="p2p", targeted=True)
 register_attack("dhta", pgd_attack, tasks=("hashing",), objective="dhta", targeted=True)
-
-# The field's reference attacks (APGD-CE, APGD-T, Square on the device, AutoAttack) register
-# after these, so that error messages list the attacks in this order.
-import sslr.robustness.reference  # noqa: E402, F401

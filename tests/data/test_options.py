@@ -85,28 +85,47 @@ def test_a_required_root_is_required():
         _parser(D.ImageFolderData).parse_args([])
 
 
-@pytest.mark.parametrize(
-    "cls",
-    [D.Digits, D.HashingDigits, D.FashionMNIST, D.HashingFashionMNIST],
-    ids=lambda c: c.__name__,
-)
-def test_parsed_options_build_the_module_and_are_its_hyperparameters(cls):
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_parsed_options_build_the_module_and_are_its_hyperparameters(cls, tmp_path):
     """What the CLI parses is what the constructor receives, what the attributes say and what a
-    checkpoint records (no option lost on the way through **kwargs)."""
+    checkpoint records (no option lost on the way through **kwargs, none added), and the
+    recorded options build the same module again (as load_from_checkpoint does)."""
     parser = _parser(cls)
-    parsed = vars(
-        parser.parse_args(["--data.batch_size=16", "--data.seed=3", "--data.augment=false"]).data
-    )
+    args = ["--data.batch_size=16", "--data.seed=3", "--data.augment=false"]
+    if cls in REQUIRED_ROOT:
+        args.append(f"--data.root={tmp_path}")
+    parsed = vars(parser.parse_args(args).data)
     dm = cls(**parsed)
     assert dict(dm.hparams) == parsed
     for key, value in parsed.items():
         assert getattr(dm, key) == value, key
     assert (dm.batch_size, dm.seed, dm.augment) == (16, 3, False)
+    again = cls(**dm.hparams)
+    assert dict(again.hparams) == parsed
+    assert type(again.splits) is type(dm.splits) and vars(again.splits) == vars(dm.splits)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: D.CIFAR10("data", 64),
+        lambda: D.HashingCIFAR10("data", 64),
+        lambda: D.Digits(None, 64),
+        lambda: D.HashingDigits(None, 64),
+        lambda: D.ImageFolderData("root", 10, 64),
+        lambda: D.HashingListData("root", "coco", None, "a", "b", "c", 64),
+    ],
+)
+def test_options_after_the_dataset_s_own_are_keyword_only(make):
+    """A positional loader option would bind to another parameter now: refused instead."""
+    with pytest.raises(TypeError, match="positional"):
+        make()
 
 
 def test_list_data_records_no_per_class_counts_it_does_not_take(tmp_path):
     dm = D.HashingListData(root=str(tmp_path), database_size=50)
     assert dm.hparams["database_size"] == 50 and dm.image_size == 224
+    assert "query_per_class" not in dm.hparams and not hasattr(dm, "query_per_class")
     assert dm.splits.query_per_class is None and dm.splits.train_per_class is None
     with pytest.raises(TypeError):
         D.HashingListData(root=str(tmp_path), nonsense=1)
