@@ -127,3 +127,25 @@ class FolderLock:
         if self._handle is not None:
             self._handle.close()  # closing releases the flock
             self._handle = None
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it that hold no file (never a file): what a failed
+    command made and left empty."""
+    if not top.is_dir():
+        return
+    for folder, _, _ in os.walk(top, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: keep it and what it holds
+            pass

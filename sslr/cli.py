@@ -31,7 +31,7 @@ import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
-from sslr.atomic import FolderLock
+from sslr.atomic import FolderLock, first_missing, remove_empty_folders
 from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
 from sslr.loggers import fill_wandb_args, wire_wandb
@@ -176,14 +176,19 @@ class SslrCLI(LightningCLI):
             # Raised by a class checking the values the config gave it: the user's to fix. A
             # ValueError later, while the command runs, is a bug and keeps its traceback.
             raise UserError(_argument_message(err)) from err
-        # A fresh fit's pretrained weights, loaded now: a bad pretrained_ckpt stops the command
-        # before the run folder is written (the task would otherwise load them in setup).
+
+    def _load_pretrained_weights(self) -> None:
+        """A fresh fit's pretrained weights (``pretrained_ckpt`` or torchvision's), loaded once the
+        model exists and before the trainer makes the run folder: a bad checkpoint or weights
+        that cannot be downloaded stop the command with nothing written (the task would
+        otherwise load them in setup)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         load = getattr(self.model, "load_pretrained_weights", None)
         if self.subcommand == "fit" and not config.get("ckpt_path") and load is not None:
             load()
 
     def instantiate_trainer(self, **kwargs):
+        self._load_pretrained_weights()  # LightningCLI has made the model, not yet the trainer
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:  # Lightning's word for a bad trainer option
@@ -218,7 +223,8 @@ class SslrCLI(LightningCLI):
             if self.subcommand == "fit" and _rank() == 0:
                 # One writer per run: a second fit (the same command started twice) is refused.
                 # The kernel drops the lock when this process ends, however it ends.
-                _HELD.append(FolderLock(folder, "run folder").__enter__())
+                made = first_missing(Path(folder))  # removed again if nothing is written
+                _HELD.append((FolderLock(folder, "run folder").__enter__(), made))
                 # The lock file is the folder's first file: not the "previous logs" Lightning
                 # warns it would delete (a resume keeps its rows: RunCSVLogger).
                 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists")
@@ -427,16 +433,19 @@ def run(args: list[str]) -> SslrCLI:
         sys.argv = argv0
         _finish_wandb_run_started_since(open_run, failed)
         while _HELD:  # the run folder's lock, held for the command only
-            lock = _HELD.pop()
+            lock, made = _HELD.pop()
             lock.__exit__(None, None, None)
             if [p.name for p in lock.folder.iterdir()] == [".sslr.lock"]:
-                # The command stopped before writing anything: leave no empty run behind.
+                # The command stopped before writing anything (a dataset not found, say): leave
+                # no empty run behind, nor the empty folders above it that it made.
                 (lock.folder / ".sslr.lock").unlink(missing_ok=True)
+                if made is not None:
+                    remove_empty_folders(made)
                 with contextlib.suppress(OSError):
                     lock.folder.rmdir()
 
 
-_HELD: list[FolderLock] = []
+_HELD: list[tuple[FolderLock, Path | None]] = []
 
 
 def _wandb_run():

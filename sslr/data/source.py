@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sslr.atomic import first_missing, remove_empty_folders
 from sslr.data.errors import DatasetNotFoundError
 
 Stats = tuple[float, float, float]
@@ -91,32 +92,11 @@ class DownloadableSource(DatasetSource):
         if not self.download:
             raise self.not_found()
         target = self.target()
-        created = _first_missing(target)
+        created = first_missing(target)
         try:
             self.fetch(target)
         except (OSError, RuntimeError) as err:
             if created is not None:
-                _remove_empty_folders(created)
+                remove_empty_folders(created)
             reason = " ".join(str(err).split()) or type(err).__name__  # one line
             raise self.not_found(reason=reason) from err
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
-
-
-def _remove_empty_folders(top: Path) -> None:
-    """Remove ``top`` and the folders below it that hold no file (never a file)."""
-    if not top.is_dir():
-        return
-    for folder, _, _ in os.walk(top, topdown=False):
-        try:
-            os.rmdir(folder)
-        except OSError:  # not empty: keep it and what it holds
-            pass

@@ -67,8 +67,9 @@ def cwd(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _files(*folders: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for f in folders for p in f.rglob("*") if p.is_file()}
+def _files(*folders: Path) -> dict[Path, bytes | None]:
+    """Every file with its bytes and every folder (None): an empty folder left behind counts."""
+    return {p: p.read_bytes() if p.is_file() else None for f in folders for p in f.rglob("*")}
 
 
 def _check(args: list[str], needle: str, inputs: Path, cwd: Path, capsys) -> None:
@@ -124,6 +125,12 @@ FIT = {
     "other-backbone pretrained_ckpt": (
         ["--model.pretrained_ckpt", "{in}/resnet34.ckpt"],
         "another backbone",
+    ),
+    # Found missing once the fit starts (prepare_data), after the run folder was made: the
+    # folder and the empty ones above it go again.
+    "dataset not found": (
+        ["--data", "CIFAR10", "--data.root", "{in}/no_data", "--data.download", "false"],
+        "CIFAR-10 was not found",
     ),
 }
 
