@@ -11,7 +11,6 @@ Errors a user can cause end with one line on stderr and exit status 2, never a t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -31,7 +30,7 @@ import sslr
 import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
-from sslr.atomic import FolderLock, first_missing, remove_empty_folders
+from sslr.atomic import FolderLock, first_missing
 from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
 from sslr.loggers import fill_wandb_args, wire_wandb
@@ -439,13 +438,23 @@ def run(args: list[str]) -> SslrCLI:
                 # The command stopped before writing anything (a dataset not found, say): leave
                 # no empty run behind, nor the empty folders above it that it made.
                 (lock.folder / ".sslr.lock").unlink(missing_ok=True)
-                if made is not None:
-                    remove_empty_folders(made)
-                with contextlib.suppress(OSError):
-                    lock.folder.rmdir()
+                _remove_chain(lock.folder, made)
 
 
 _HELD: list[tuple[FolderLock, Path | None]] = []
+
+
+def _remove_chain(folder: Path, made: Path | None) -> None:
+    """Remove ``folder`` if empty, then its parents up to ``made`` (the outermost one the command
+    made; None: ``folder`` alone) while each is empty. Only this run's own line of folders:
+    another run's folder beside it is never touched."""
+    for path in (folder, *folder.parents):
+        try:
+            path.rmdir()
+        except OSError:  # holds something (or is gone): keep it and what is above
+            return
+        if made is None or path == made:
+            return
 
 
 def _wandb_run():

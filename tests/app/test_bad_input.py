@@ -194,6 +194,16 @@ def test_fit(case, inputs, cwd, capsys):
     _check(["fit", *BASE, *args], needle, inputs, cwd, capsys)
 
 
+def test_a_stopped_fit_leaves_the_folders_it_did_not_make(inputs, cwd, capsys):
+    """The run's own empty folders go, up to the outermost one it made: an empty folder that was
+    there before (here the debug overlay's runs/debug/) stays (``_check`` compares every folder)."""
+    before = cwd / "runs" / "debug"  # the run goes to runs/debug/CIFAR10/resnet18_bp/version_0
+    before.mkdir(parents=True)
+    args, needle = FIT["dataset not found"]
+    _check(["fit", *BASE, *args], needle, inputs, cwd, capsys)
+    assert before.is_dir() and not any(before.iterdir())
+
+
 @pytest.mark.parametrize("case", sorted(TEST))
 def test_test(case, inputs, cwd, capsys):
     _skip_without_gpu_check(case)
