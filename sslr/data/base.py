@@ -66,12 +66,14 @@ class InMemoryDataModule(SplitDataModule):
     The pool and its split indices come from ``splits.split_pool(source.load(), seed, ...)``.
     """
 
+    default_image_size = 32
+
     def __init__(
         self,
         source: DatasetSource,
         splits: SplitProtocol,
         *,
-        image_size: int | None = 32,
+        image_size: int | None = default_image_size,
         **kwargs: Any,
     ) -> None:
         """

@@ -34,7 +34,7 @@ class SplitDataModule(L.LightningDataModule):
     modes implement :meth:`setup`, :meth:`split_size` and :meth:`_loader`.
     """
 
-    default_image_size = 32
+    default_image_size: int  # each storage mode's, also its image_size default
     # Options a subclass fixes itself (passes as constants up the chain): not recorded, since
     # its constructor does not take them.
     fixed_options: tuple[str, ...] = ()

@@ -37,7 +37,7 @@ class StreamingDataModule(SplitDataModule):
         source: StreamingSource,
         splits: SplitProtocol,
         *,
-        image_size: int | None = 224,
+        image_size: int | None = default_image_size,
         **kwargs: Any,
     ) -> None:
         """
