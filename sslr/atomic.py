@@ -66,11 +66,28 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], object]) 
             os.fsync(handle.fileno())
 
 
+def _umask() -> int:
+    """The process's umask: Linux says it in /proc; elsewhere reading it means setting it (and
+    setting it back at once, a moment in which another thread's new file would get 0o022)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _moved_in_place(tmp: str, target: Path) -> Iterator[None]:
-    """After the block, ``tmp`` replaces ``target``; on an exception ``tmp`` is removed."""
+    """After the block, ``tmp`` replaces ``target``; on an exception ``tmp`` is removed.
+
+    ``mkstemp`` makes its file mode 0600 whatever the umask; the file in place gets the mode a
+    plain ``open`` would have given it (0666 less the umask), as every other file of the run.
+    """
     try:
         yield
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -74,3 +74,22 @@ def test_a_second_writer_is_refused(tmp_path):
     # Released on exit: the next holder gets it.
     with FolderLock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_have_the_mode_a_plain_open_gives(tmp_path, umask):
+    """mkstemp makes 0600 files: every result file would differ from metrics.csv (0644)."""
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "robustness.csv", "a\n")
+        atomic_write_with(tmp_path / "plot.png", lambda tmp: open(tmp, "wb").close())
+        with atomic_open(tmp_path / "suite.yaml") as handle:
+            handle.write("a: 1\n")
+        plain = tmp_path / "metrics.csv"
+        plain.write_text("a\n")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert plain.stat().st_mode & 0o777 == expected
+    for name in ("robustness.csv", "plot.png", "suite.yaml"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
