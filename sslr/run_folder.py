@@ -176,7 +176,9 @@ class _KeepingWriter(ExperimentWriter):
             keys = list(reader.fieldnames or [])
             rows = [row for row in reader if _step(row) < self._keep_before_step]
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+        # csv.DictWriter's own line ending, as Lightning's ExperimentWriter (which appends
+        # to this file) writes it: one ending throughout the file.
+        writer = csv.DictWriter(out, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(path, out.getvalue())

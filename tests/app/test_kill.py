@@ -123,6 +123,8 @@ def test_resume_of_a_run_continues_its_folder_and_metrics(tmp_path, monkeypatch)
     after = _rows(run)
     assert after[: len(before)] == before  # epoch 0's rows kept, not deleted
     assert {r.get("epoch") for r in after if r.get("val/acc")} == {"0", "1"}
+    lines = (run / "metrics.csv").read_bytes().split(b"\n")[:-1]
+    assert lines and all(line.endswith(b"\r") for line in lines)  # one line ending throughout
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 8
     # The run is finished: its first command once more starts a new run, not a resume.
     assert (run / "fit.done").is_file()
