@@ -77,6 +77,7 @@ VERDICT_EPS = {"linf": 64 / 255, "l2": 4.0}  # the large eps the masking verdict
 DEFAULT_EPS_LINF = (0.0, 2 / 255, 8 / 255)
 DEFAULT_EPS_L2 = (0.0, 0.5)
 DEFAULT_N_SAMPLES = 100
+DEFAULT_GRADIENTS = ("rule", "exact", "eot")
 
 
 # Renamed settings of the former hashing suite (``--hashing.*``): old key -> new key.
@@ -185,6 +186,8 @@ class SuiteConfig:
         random_start: iterative attacks start from a uniform point of the eps ball.
         gradients: gradient sources of the white-box attacks: ``rule``, ``exact``, ``eot``,
             ``transfer`` (needs a surrogate). Square's gradient is ``none``, automatically.
+            Default rule, exact, eot: eot runs on brsf models only, silently skipped on others
+            (a list the user chose with eot says so in a warning).
         eot_samples: draws of B averaged per step for ``eot`` (brsf only).
         queries: Square's query budget (its iterations; the ``steps`` column of its rows).
         n_samples: size of the fixed, seeded subset of the evaluated split (hashing: queries).
@@ -219,7 +222,7 @@ class SuiteConfig:
     steps: int = 10
     step_size: float = 2.5
     random_start: bool = True
-    gradients: list[GradientName] = field(default_factory=lambda: ["rule", "exact", "eot"])
+    gradients: list[GradientName] = field(default_factory=lambda: list(DEFAULT_GRADIENTS))
     eot_samples: int = 8
     queries: int = 1000
     n_samples: int = DEFAULT_N_SAMPLES

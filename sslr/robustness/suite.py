@@ -29,7 +29,7 @@ import torch
 
 from sslr.robustness.attacks import bound_excess, check_bounds
 from sslr.robustness.classification import ClassificationEvaluation
-from sslr.robustness.config import GradientSource, Norm, SuiteConfig
+from sslr.robustness.config import DEFAULT_GRADIENTS, GradientSource, Norm, SuiteConfig
 from sslr.robustness.gradients import GradientSourceClassifier
 from sslr.robustness.guard import attack_mode
 from sslr.robustness.hashing import HashingTarget, as_hashing_target, hashing_evaluation
@@ -100,7 +100,10 @@ def _sources(spec: AttackSpec, config: SuiteConfig, target) -> list[GradientSour
 
 
 def _warn_eot(config: SuiteConfig, specs, target) -> None:
-    if GradientSource.EOT in config.gradient_sources and not target.stochastic_feedback:
+    """Say that ``eot`` is skipped on a deterministic rule when the user asked for it (the
+    default list holds it for brsf models: no warning then)."""
+    asked = config.gradients is not None and tuple(config.gradients) != DEFAULT_GRADIENTS
+    if asked and GradientSource.EOT in config.gradient_sources and not target.stochastic_feedback:
         if any(s.white_box for s in specs):
             rules = ", ".join(sorted(target.rules)) or "plain backprop"
             warnings.warn(

@@ -127,6 +127,20 @@ def test_eot_is_skipped_with_a_warning_for_deterministic_rules(converted, test_s
     assert {r.gradient for r in rows if r.attack != "worst"} == {"rule"}
 
 
+def test_the_default_gradients_skip_eot_on_deterministic_rules_without_a_warning(
+    converted, test_subset
+):
+    """The default list holds eot for brsf models: on others it is skipped, unannounced."""
+    target = converted("usf")
+    given = {k: v for k, v in CONFIG.items() if k != "gradients"}  # the default gradients
+    config = SuiteConfig(**{**given, "eps": [0.0, 8 / 255]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = evaluate(target, *test_subset, config)
+    assert not [w for w in caught if "skipped" in str(w.message)]
+    assert {r.gradient for r in rows if r.attack != "worst"} == {"rule", "exact"}
+
+
 def test_transfer_from_a_surrogate_with_the_same_weights_equals_exact(
     converted, trained_cnn, make_target, test_subset
 ):
