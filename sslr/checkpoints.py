@@ -121,13 +121,24 @@ def _refusal(err: pickle.UnpicklingError) -> str:
     return f"not a torch checkpoint ({first}): give a .ckpt written by `sslr fit`"
 
 
-def load_task(cls: type, path: str | os.PathLike, what: str, map_location: Any = "cpu"):
+def load_task(
+    cls: type,
+    path: str | os.PathLike,
+    what: str,
+    map_location: Any = "cpu",
+    *,
+    hparams_file: str | os.PathLike | None = None,
+    strict: bool | None = True,
+    **overrides: Any,
+):
     """A task of class ``cls`` rebuilt from its checkpoint (hyperparameters and weights), safely.
 
     Lightning's ``load_from_checkpoint`` opens the file itself; this loads it through
-    :func:`load_checkpoint` and hands the dict to Lightning's rebuilding step.
+    :func:`load_checkpoint` and hands the dict to Lightning's rebuilding step. As there,
+    ``hparams_file`` (a .yaml) replaces the saved hyperparameters and ``overrides`` are laid
+    over them.
     """
-    from lightning.pytorch.core.saving import _load_state
+    from lightning.pytorch.core.saving import _load_state, load_hparams_from_yaml
 
     checkpoint = load_checkpoint(path, what, map_location=map_location)
     if "state_dict" not in checkpoint:
@@ -135,7 +146,12 @@ def load_task(cls: type, path: str | os.PathLike, what: str, map_location: Any =
             f"{what} {str(path)!r} holds no state_dict: give a .ckpt written by `sslr fit`"
         )
     check_task_class(checkpoint, cls, path, what)
-    model = _load_state(cls, checkpoint, strict=True)
+    if hparams_file is not None:
+        if Path(hparams_file).suffix.lower() not in (".yaml", ".yml"):
+            raise CheckpointError(f"hparams_file {str(hparams_file)!r} must be a .yaml file")
+        checkpoint["hyper_parameters"] = load_hparams_from_yaml(hparams_file)
+    checkpoint.setdefault("hyper_parameters", {}).update(overrides)
+    model = _load_state(cls, checkpoint, strict=strict, **overrides)
     device = map_location if isinstance(map_location, (str, torch.device)) else None
     return model.to(device) if device is not None else model
 

@@ -5,15 +5,16 @@ non-finite losses."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from sslr.checkpoints import check_fits
+from sslr.checkpoints import CheckpointError, check_fits, load_task
 from sslr.errors import UserError
 from sslr.feedback import convert_model, feedback_layers, list_rules, list_scales, set_rule
 from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
@@ -43,6 +44,47 @@ class FeedbackTask(LightningModule):
     """
 
     network: nn.Module
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        *,
+        unsafe_pickle: bool = False,
+        **kwargs: Any,
+    ):
+        """The task saved in ``checkpoint_path``, as Lightning's ``load_from_checkpoint`` (the
+        same arguments; ``kwargs`` override saved hyperparameters), opened without running code
+        (:func:`sslr.checkpoints.load_task`): a file that is not a checkpoint of this task is
+        one :class:`~sslr.checkpoints.CheckpointError` line.
+
+        ``weights_only=False`` alone is refused: a pickle opened that way imports and calls
+        whatever it names (``os.system`` included), and sslr's checkpoints never need it. For a
+        file from elsewhere that does need it, ``unsafe_pickle=True`` opens it with Lightning's
+        unrestricted loader: do so only for a file you would run as a program.
+        """
+        if unsafe_pickle:
+            load = super().load_from_checkpoint
+            return load(checkpoint_path, map_location, hparams_file, strict, False, **kwargs)
+        if weights_only is False:
+            raise CheckpointError(
+                f"{cls.__name__}.load_from_checkpoint(weights_only=False) would run any code "
+                f"{str(checkpoint_path)!r} names: sslr's checkpoints never need it, so drop it "
+                "(or, for a file you would run as a program, pass unsafe_pickle=True)"
+            )
+        return load_task(
+            cls,
+            checkpoint_path,
+            "checkpoint",
+            map_location=map_location if map_location is not None else "cpu",
+            hparams_file=hparams_file,
+            strict=strict,
+            **kwargs,
+        )
 
     def _init_feedback(
         self,

@@ -125,6 +125,13 @@ def test_python_entry_points_never_run_a_checkpoint(evil, tmp_path):
         "grid's last.ckpt": lambda: _keep_metrics(tmp_path, path).__enter__(),
         "pretrained_ckpt": lambda: checkpoint_state_dict(path),
         "load_checkpoint": lambda: load_checkpoint(path),
+        "ClassificationTask.load_from_checkpoint": lambda: ClassificationTask.load_from_checkpoint(
+            path
+        ),
+        "HashingTask.load_from_checkpoint": lambda: HashingTask.load_from_checkpoint(str(path)),
+        "load_from_checkpoint(weights_only=False)": lambda: ClassificationTask.load_from_checkpoint(
+            path, weights_only=False
+        ),
     }
     for name, call in calls.items():
         with pytest.raises(CheckpointError) as info:
@@ -132,6 +139,33 @@ def test_python_entry_points_never_run_a_checkpoint(evil, tmp_path):
         message = str(info.value)
         assert "\n" not in message and str(path) in message, (name, message)
         assert not marker.exists(), name
+
+
+def test_load_from_checkpoint_rebuilds_the_task_and_opens_unsafely_only_when_asked(tmp_path):
+    import lightning
+
+    task = ClassificationTask(num_classes=3, rule="frsf")
+    hparams = {**dict(task.hparams), "_class_path": "sslr.ClassificationTask"}
+    saved = {"state_dict": task.state_dict(), "hyper_parameters": hparams}
+    saved["pytorch-lightning_version"] = lightning.__version__
+    torch.save(saved, tmp_path / "good.ckpt")
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "good.ckpt")
+    assert loaded.rule == "frsf" and loaded.hparams.num_classes == 3
+    for name, tensor in task.state_dict().items():  # frsf's feedback buffers included
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    # Overrides as in Lightning: a saved hyperparameter replaced.
+    smoothed = ClassificationTask.load_from_checkpoint(tmp_path / "good.ckpt", label_smoothing=0.1)
+    assert smoothed.hparams.label_smoothing == 0.1
+    with pytest.raises(CheckpointError, match="is a ClassificationTask checkpoint, not a Hash"):
+        HashingTask.load_from_checkpoint(tmp_path / "good.ckpt")
+
+    # A file from elsewhere holding a type sslr never writes: refused, unless opted in.
+    saved["hyper_parameters"] = {**hparams, "where": Path("/data")}
+    torch.save(saved, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="it asks to import pathlib"):
+        ClassificationTask.load_from_checkpoint(tmp_path / "foreign.ckpt")
+    opened = ClassificationTask.load_from_checkpoint(tmp_path / "foreign.ckpt", unsafe_pickle=True)
+    assert opened.rule == "frsf"
 
 
 class _Trainable(ClassificationTask):
