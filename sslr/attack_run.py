@@ -32,9 +32,9 @@ from sslr.atomic import FolderLock, atomic_write
 from sslr.errors import UserError
 from sslr.masking import format_verdict, verdict
 from sslr.results import RobustnessRow, format_table
-from sslr.robustness import SuiteConfig, SuiteResult, get_attack, run_suite
+from sslr.robustness import SuiteConfig, SuiteResult, prepare_suite, run_suite
 from sslr.robustness.config import RENAMED
-from sslr.robustness.suite import check_surrogate
+from sslr.robustness.suite import check_suite
 
 
 @dataclass
@@ -92,6 +92,16 @@ def load_surrogate(model, ckpt_path: str, device):
     return load_task(kind, ckpt_path, "--suite.surrogate_ckpt", map_location=device).eval()
 
 
+def check_attack(model, config: SuiteConfig, surrogate=None) -> None:
+    """Every check the evaluation engine makes of ``config`` for ``model`` (and the loaded
+    ``surrogate``), as one :class:`UserError` line: called before any folder or lock exists,
+    so that a refused attack leaves nothing behind."""
+    try:
+        check_suite(config, model, surrogate if surrogate is not None else config.surrogate_ckpt)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
 def attack_folder(run_dir: Path, ckpt_path: str, settings: dict) -> Path:
     """``<run>/attacks/<checkpoint>-<key>``: one folder per distinct attack of a run."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
@@ -130,15 +140,16 @@ def attack_checkpoint(
         model.to(device)
     model.eval()
     task = "hashing" if "bits" in getattr(model, "hparams", {}) else "classification"
-    settings = resolved_settings(config, task, ckpt_path)
-    try:  # before any folder is made: the engine checks it again when it runs
-        specs = [get_attack(name) for name in config.attacks_for(task)]
-        check_surrogate(config, specs, config.surrogate_ckpt)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    check_attack(model, config)
     surrogate = None
     if config.wants_transfer and config.surrogate_ckpt is not None:
         surrogate = load_surrogate(model, config.surrogate_ckpt, device or "cpu")
+        check_attack(model, config, surrogate)  # its class count too
+    try:  # the data and each attack's targets, still before any folder or lock exists
+        prepared = prepare_suite(model, datamodule, config, surrogate)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    settings = resolved_settings(config, task, ckpt_path)
     if out_dir is not None:
         folder = Path(out_dir)
     else:
@@ -156,6 +167,7 @@ def attack_checkpoint(
             out_dir=folder,
             progress=say,
             result=result,
+            prepared=prepared,
         )
         checks = verdict(rows, degenerate_share=result.degenerate_share)
         write_masking(checks, folder / MASKING_CSV)

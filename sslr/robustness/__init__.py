@@ -24,9 +24,11 @@ from sslr.robustness.outputs import log_rows, metric_name, plot_curves, read_csv
 from sslr.robustness.registry import AttackSpec, get_attack, list_attacks, register_attack
 from sslr.robustness.subset import select_subset
 from sslr.robustness.suite import (
+    PreparedSuite,
     SuiteResult,
     clean_accuracy,
     evaluate,
+    prepare_suite,
     robust_accuracy,
     run_cells,
     run_suite,
@@ -64,6 +66,8 @@ __all__ = [
     "register_attack",
     "robust_accuracy",
     "run_cells",
+    "PreparedSuite",
+    "prepare_suite",
     "run_suite",
     "select_subset",
     "suite_evaluation",

@@ -279,17 +279,30 @@ def check_classes(specs, config: SuiteConfig, num_classes: int) -> None:
         )
 
 
+def begin_attacks(evaluation, config: SuiteConfig, *, warn_train_mode: bool = True) -> dict:
+    """Each attack's context on ``evaluation`` (its goals: labels, clean codes, drawn targets
+    and anchors), by attack name: what the data can refuse (a targeted attack with no database
+    item of another label) is refused here, before any attack runs."""
+    specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
+    models = [m for m in (evaluation.target, evaluation.surrogate) if m is not None]
+    networks = {id(m.network): m.network for m in models}.values()
+    with attack_mode(*networks, warn_train_mode=warn_train_mode):
+        return {spec.name: evaluation.begin(spec, config) for spec in specs}
+
+
 def run_cells(
     evaluation,
     config: SuiteConfig,
     *,
     warn_train_mode: bool = True,
     progress: Callable[[str], None] | None = None,
+    contexts: dict | None = None,
 ) -> SuiteResult:
     """Every cell of ``config`` on ``evaluation`` (a task's evaluation), in the order attack,
     norm, gradient source, epsilon, then the ``worst`` rows. eps = 0 is not
     attacked: its rows hold the clean score of the same images. ``eot`` is skipped (with a
-    warning) for a target without brsf layers, where it equals ``rule``."""
+    warning) for a target without brsf layers, where it equals ``rule``. ``contexts``: those
+    of :func:`begin_attacks`, when already made."""
     target = evaluation.target
     specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
     check_surrogate(config, specs, evaluation.surrogate)
@@ -308,7 +321,7 @@ def run_cells(
     networks = {id(m.network): m.network for m in models}.values()
     counts: dict[str, int] = {}
     with attack_mode(*networks, warn_train_mode=warn_train_mode):
-        contexts: dict[str, dict] = {}
+        contexts = dict(contexts or {})
         query_scores: dict[tuple, list[torch.Tensor]] = {}  # hashing: per-query APs per cell
         for spec, norm, source, eps in cells:
             if spec.name not in contexts:
@@ -390,11 +403,36 @@ def evaluate(
 def classification_evaluation(target, x, y, config, surrogate=None) -> ClassificationEvaluation:
     target = as_target(target)
     surrogate = None if surrogate is None else as_target(surrogate)
-    specs = [get_attack(a) for a in config.attacks_for("classification")]
-    check_surrogate(config, specs, surrogate)
-    check_classes(specs, config, target.num_classes)
+    check_suite(config, target, surrogate)
     device = target.device
     return ClassificationEvaluation(target, surrogate, x.to(device), y.to(device))
+
+
+def check_suite(config: SuiteConfig, target, surrogate=None) -> list[AttackSpec]:
+    """Every check the engine makes of ``config`` for ``target`` (a task or target of either
+    task) before it attacks: attacks the task can run, epsilons, a surrogate where ``transfer``
+    needs one (a model, or its checkpoint path), class counts the attacks and loss need, the
+    surrogate's class count, the code length. One ValueError; callers that make folders or
+    take locks call it first, so that a refused suite leaves nothing. Returns the specs."""
+    hashing = _is_hashing(target)
+    task = "hashing" if hashing else "classification"
+    specs = [get_attack(name) for name in config.attacks_for(task)]
+    for norm in config.norm_kinds:
+        config.eps_for(norm)
+    check_surrogate(config, specs, surrogate)
+    if hashing:
+        as_hashing_target(target)  # the code length: at least 2 bits
+        return specs
+    target = as_target(target)
+    check_classes(specs, config, target.num_classes)
+    if surrogate is not None and not isinstance(surrogate, str | Path):
+        classes = as_target(surrogate).num_classes
+        if classes != target.num_classes:
+            raise ValueError(
+                f"The surrogate has {classes} classes, the target {target.num_classes}: give "
+                "the bp fine-tuned model of the same dataset (--suite.surrogate_ckpt)"
+            )
+    return specs
 
 
 def clean_accuracy(target: AttackTarget, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
@@ -446,22 +484,34 @@ def _is_hashing(model) -> bool:
 def suite_evaluation(target, data, config: SuiteConfig, surrogate=None):
     """The task evaluation of ``target`` (a classifier or hashing model, task or target) on
     the fixed, seeded subset of ``data``'s test split."""
+    check_suite(config, target, surrogate)
     if _is_hashing(target):
         target = as_hashing_target(target)
         surrogate = None if surrogate is None else as_hashing_target(surrogate)
-        specs = [get_attack(a) for a in config.attacks_for("hashing")]
-        check_surrogate(config, specs, surrogate)
         return hashing_evaluation(target, data, config, surrogate)
-    target = as_target(target)
-    surrogate = None if surrogate is None else as_target(surrogate)
-    specs = [get_attack(a) for a in config.attacks_for("classification")]
-    check_surrogate(config, specs, surrogate)
-    if surrogate is not None and surrogate.num_classes != target.num_classes:
-        raise ValueError(
-            f"The surrogate has {surrogate.num_classes} classes, the target {target.num_classes}"
-        )
     x, y = select_subset(data, config.n_samples, config.seed)
     return classification_evaluation(target, x, y, config, surrogate)
+
+
+@dataclass
+class PreparedSuite:
+    """A suite ready to attack: its evaluation (the subset drawn; hashing: the database
+    encoded) and each attack's context (:func:`begin_attacks`)."""
+
+    evaluation: object
+    contexts: dict
+
+
+def prepare_suite(
+    target, data, config: SuiteConfig, surrogate=None, *, warn_train_mode: bool = True
+) -> PreparedSuite:
+    """Everything of a suite that can refuse it, before any attack runs: the settings
+    (:func:`check_suite`), the data (an empty split, a dataset not found) and each attack's
+    targets. A caller that makes a folder for the results prepares first, so that a refused
+    suite leaves nothing behind; :func:`run_suite` takes the result as ``prepared``."""
+    evaluation = suite_evaluation(target, data, config, surrogate)
+    contexts = begin_attacks(evaluation, config, warn_train_mode=warn_train_mode)
+    return PreparedSuite(evaluation, contexts)
 
 
 def run_suite(
@@ -476,6 +526,7 @@ def run_suite(
     warn_train_mode: bool = True,
     progress: Callable[[str], None] | None = None,
     result: SuiteResult | None = None,
+    prepared: PreparedSuite | None = None,
 ) -> list[RobustnessRow]:
     """What ``sslr attack`` runs: the suite on the fixed, seeded subset of ``data`` (a Dataset,
     DataLoader or DataModule, its test split; hashing: a hashing DataModule, whose test
@@ -485,11 +536,19 @@ def run_suite(
     ``target`` is an :class:`AttackTarget`, a :class:`HashingTarget`, or a task. The
     ``transfer`` surrogate is ``surrogate`` (a model of the same task, loaded by the caller).
     Bad settings raise ``ValueError`` before any attack runs. ``result``, when given, receives
-    the per-image outcomes.
+    the per-image outcomes. ``prepared``: the suite's :func:`prepare_suite`, already made
+    (then ``surrogate`` is the one it was prepared with).
     """
     config = config or SuiteConfig()
-    evaluation = suite_evaluation(target, data, config, surrogate)
-    done = run_cells(evaluation, config, warn_train_mode=warn_train_mode, progress=progress)
+    if prepared is None:
+        prepared = prepare_suite(target, data, config, surrogate, warn_train_mode=warn_train_mode)
+    done = run_cells(
+        prepared.evaluation,
+        config,
+        warn_train_mode=warn_train_mode,
+        progress=progress,
+        contexts=prepared.contexts,
+    )
     if result is not None:
         result.rows[:], result.per_image = done.rows, done.per_image
         result.gradients, result.degenerate = done.gradients, done.degenerate
