@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 import warnings
@@ -31,9 +32,9 @@ import sslr.callbacks  # noqa: F401  (short class names in configs)
 import sslr.data  # noqa: F401
 import sslr.tasks  # noqa: F401
 from sslr.atomic import FolderLock, first_missing
-from sslr.checkpoints import check_config_fits, load_checkpoint, require_lightning
+from sslr.checkpoints import check_config_fits, check_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
-from sslr.loggers import fill_wandb_args, wire_wandb
+from sslr.loggers import fill_wandb_args, one_logger_per_kind, wire_wandb
 from sslr.packaged import resolve_config_args
 from sslr.quiet import quiet_third_party
 from sslr.run_folder import (
@@ -78,6 +79,20 @@ class SslrCLI(LightningCLI):
         for key in ("num_classes", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")  # self.subcommand is not set yet
+        config = self.config[subcommand] if subcommand else self.config
+        trainer = config.get("trainer") if hasattr(config, "get") else None
+        loggers = trainer.get("logger") if trainer is not None else None
+        if isinstance(loggers, list):
+            trainer["logger"], merged = one_logger_per_kind(loggers)
+            for kind in merged:
+                rank_zero_info(
+                    f"sslr: the --config files list a {kind} more than once: using one (later "
+                    "files' options win), so nothing is logged twice"
+                )
+
     def _parse_ckpt_path(self) -> None:
         """Resolve ``--ckpt_path last|best`` and check the file fits the config, safely.
 
@@ -105,7 +120,11 @@ class SslrCLI(LightningCLI):
         require_lightning(checkpoint, ckpt)
         check_config_fits(checkpoint, config.get("model"), ckpt)
         self._ckpt_step = int(checkpoint.get("global_step", 0) or 0)
+        self._checkpoint = (checkpoint, ckpt)  # checked again against the model once built
         run = run_folder_of(ckpt)
+        if run is None and subcommand == "attack":
+            # A checkpoint outside any run: its attack folder, metrics included, beside it.
+            run = Path(ckpt).resolve().parent
         if run is not None and not _explicit_csv_version(config):
             self._run_target = (run, ckpt)
 
@@ -154,6 +173,7 @@ class SslrCLI(LightningCLI):
         checkpoint = load_checkpoint(last, "the unfinished run's last.ckpt", mmap=True)
         require_lightning(checkpoint, last)
         check_config_fits(checkpoint, config.get("model"), last)
+        self._checkpoint = (checkpoint, str(last))
         epoch = int(checkpoint.get("epoch", 0) or 0)
         if ignore and isinstance(saved.get("seed_everything"), int):
             # The run's own seed, not the one just drawn: the resumed run continues it.
@@ -187,7 +207,13 @@ class SslrCLI(LightningCLI):
             load()
 
     def instantiate_trainer(self, **kwargs):
-        self._load_pretrained_weights()  # LightningCLI has made the model, not yet the trainer
+        # LightningCLI has made the model, not yet the trainer (nor any folder): what can refuse
+        # the command is checked now, so that a refused command leaves nothing.
+        self._load_pretrained_weights()
+        checkpoint, ckpt = getattr(self, "_checkpoint", None) or (None, None)
+        self._checkpoint = None
+        if checkpoint is not None:  # the class count and bits come from the data: now known
+            check_fits(checkpoint, self.model, ckpt, "--ckpt_path")
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:  # Lightning's word for a bad trainer option
@@ -215,15 +241,18 @@ class SslrCLI(LightningCLI):
             others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
             trainer.loggers = [logger, *others]
         if self.subcommand == "attack" and self.config_init["attack"].get("out_dir"):
-            _check_writable(Path(self.config_init["attack"]["out_dir"]))  # before any work
+            _check_writable(Path(self.config_init["attack"]["out_dir"]), "--out_dir")
         if trainer.loggers:
             folder = trainer.loggers[0].log_dir
-            _check_writable(Path(folder))
+            _check_writable(Path(folder), self._folder_option(config_of(self)))
+            if _rank() == 0:
+                # What this command made is removed again if it is refused (see run()).
+                held = _CommandFolder(Path(folder), first_missing(Path(folder)))
+                _HELD.append(held)
             if self.subcommand == "fit" and _rank() == 0:
                 # One writer per run: a second fit (the same command started twice) is refused.
                 # The kernel drops the lock when this process ends, however it ends.
-                made = first_missing(Path(folder))  # removed again if nothing is written
-                _HELD.append((FolderLock(folder, "run folder").__enter__(), made))
+                held.lock = FolderLock(folder, "run folder").__enter__()
                 # The lock file is the folder's first file: not the "previous logs" Lightning
                 # warns it would delete (a resume keeps its rows: RunCSVLogger).
                 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists")
@@ -237,6 +266,19 @@ class SslrCLI(LightningCLI):
                    self.subcommand or "fit")  # fmt: skip
         return trainer
 
+    def _folder_option(self, config) -> str:
+        """The option that moves this command's folder, for the unwritable-folder hint."""
+        if self.subcommand == "attack":
+            return "--out_dir"
+        if getattr(self, "_run_target", None) is not None:
+            return "--ckpt_path (a checkpoint in a run folder you can write to)"
+        trainer = config.get("trainer") or {}
+        parent = _csv_logger_parent(config)
+        root = trainer.get("default_root_dir")
+        if root and parent is not None and Path(str(root)) in parent.parents:
+            return "--trainer.default_root_dir"
+        return "--trainer.logger.save_dir"
+
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
@@ -248,13 +290,14 @@ class SslrCLI(LightningCLI):
 
     def _attack_folder(self, run: Path, ckpt: str) -> Path:
         """Where ``sslr attack`` writes its results (sslr.attack_run decides): its metrics too."""
-        from sslr.attack_run import attack_folder, resolved_settings
+        from sslr.attack_run import attack_folder, check_attack, resolved_settings
         from sslr.robustness import SuiteConfig
 
         given = self.config_init[self.subcommand]
+        suite = given.get("suite") or SuiteConfig()
+        check_attack(self.model, suite)  # before the folder is named, made or locked
         if given.get("out_dir"):
             return Path(given["out_dir"])
-        suite = given.get("suite") or SuiteConfig()
         task = "hashing" if "bits" in getattr(self.model, "hparams", {}) else "classification"
         return attack_folder(run, ckpt, resolved_settings(suite, task, ckpt))
 
@@ -312,16 +355,22 @@ def _check_trainer_limits(trainer) -> None:
             )
 
 
-def _check_writable(folder: Path) -> None:
-    """Stop before any work when the run folder cannot be made (a file in the way, read-only)."""
+def _check_writable(folder: Path, option: str) -> None:
+    """Stop before any work when the run folder cannot be made (a file in the way, read-only);
+    ``option`` is the one that chooses another folder."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(
             f"Cannot write the run folder {folder}: {existing} is not a writable folder; give "
-            "--trainer.logger.save_dir a folder you can write to"
+            f"{option} a folder you can write to"
         )
+
+
+def config_of(cli: LightningCLI):
+    """The parsed config of the CLI's subcommand."""
+    return cli.config[cli.subcommand] if cli.subcommand else cli.config
 
 
 def _first_line(err: BaseException) -> str:
@@ -423,25 +472,48 @@ def run(args: list[str]) -> SslrCLI:
     # the other processes, so they must see the same subcommand and options.
     argv0, sys.argv = sys.argv, [sys.argv[0], *args]
     open_run = _wandb_run()
-    failed = True
+    failed, refused = True, False
     try:
         cli = _cli(parser_kwargs)
         failed = False
         return cli
+    except USER_ERRORS:
+        refused = True
+        raise
     finally:
         sys.argv = argv0
         _finish_wandb_run_started_since(open_run, failed)
-        while _HELD:  # the run folder's lock, held for the command only
-            lock, made = _HELD.pop()
-            lock.__exit__(None, None, None)
-            if [p.name for p in lock.folder.iterdir()] == [".sslr.lock"]:
-                # The command stopped before writing anything (a dataset not found, say): leave
-                # no empty run behind, nor the empty folders above it that it made.
-                (lock.folder / ".sslr.lock").unlink(missing_ok=True)
-                _remove_chain(lock.folder, made)
+        while _HELD:  # the command's folder and its lock, held for the command only
+            _HELD.pop().release(refused=refused)
 
 
-_HELD: list[tuple[FolderLock, Path | None]] = []
+class _CommandFolder:
+    """The folder a command writes (``made``: the outermost folder of it that the command made,
+    None when the folder was there before) and, for a fit, the lock it holds on it."""
+
+    def __init__(self, folder: Path, made: Path | None) -> None:
+        self.folder, self.made = folder, made
+        self.lock: FolderLock | None = None
+
+    def release(self, refused: bool) -> None:
+        """Drop the lock; leave nothing of a folder this command made when it was refused (a
+        user error: a checkpoint that does not fit, a dataset not found) before it wrote a
+        checkpoint, nor of one it left holding only the lock, nor the empty folders above it
+        that it made. A folder that was there before (a resume, an attack run again) stays."""
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+        if not self.folder.is_dir():
+            return
+        only_lock = [p.name for p in self.folder.iterdir()] in ([], [".sslr.lock"])
+        empty = only_lock and (self.made is not None or self.lock is not None)
+        unused = refused and self.made is not None and not any(self.folder.rglob("*.ckpt"))
+        if empty or unused:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            if self.made is not None and self.made != self.folder:
+                _remove_chain(self.folder.parent, self.made)
+
+
+_HELD: list[_CommandFolder] = []
 
 
 def _remove_chain(folder: Path, made: Path | None) -> None:
@@ -599,8 +671,22 @@ def main(args: list[str] | None = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else _fail(exit_.code)
     trainer = getattr(cli, "trainer", None)
     if trainer is not None and trainer.loggers and trainer.is_global_zero:
+        if cli.subcommand == "fit":
+            said = _final_validation(trainer)
+            if said:
+                print(f"sslr fit: last validation: {said}")
         print(f"sslr {cli.subcommand}: done; run folder {trainer.loggers[0].log_dir}")
     return 0
+
+
+def _final_validation(trainer) -> str:
+    """The validation metrics a fit ended with (``val/acc 0.9431, val/loss 0.2100``), or ''."""
+    found = {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith("val/") and getattr(value, "numel", lambda: 1)() == 1
+    }
+    return ", ".join(f"{key} {value:.4f}" for key, value in sorted(found.items()))
 
 
 _NOISE = (

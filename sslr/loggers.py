@@ -89,6 +89,53 @@ class WandbLogger(_LightningWandbLogger):
         self._wandb_init["config"] = dict(config)
 
 
+# ---- one logger of each kind ------------------------------------------------------------------
+
+
+def one_logger_per_kind(loggers: list) -> tuple[list, list[str]]:
+    """``trainer.logger`` entries (class_path/init_args) with one logger per kind: layered
+    ``--config`` files can each add one (a W&B run's config.yaml holds its WandbLogger, the W&B
+    overlay appends another), and two loggers of a kind log everything twice into one run.
+
+    Entries of one kind (the class name: sslr's WandbLogger and Lightning's are one kind) become
+    the first, with the options a later one sets to other than its default laid over it (the
+    later ``--config`` wins, as everywhere else). Returns the entries and the kinds merged."""
+    import importlib
+    import inspect
+
+    kept: dict[str, Any] = {}
+    merged: list[str] = []
+    out = []
+    for entry in loggers:
+        class_path = getattr(entry, "class_path", None)
+        if not isinstance(class_path, str):
+            out.append(entry)
+            continue
+        kind = _short(class_path)
+        first = kept.get(kind)
+        if first is None:
+            kept[kind] = entry
+            out.append(entry)
+            continue
+        module, _, name = class_path.rpartition(".")
+        try:
+            parameters = inspect.signature(
+                getattr(importlib.import_module(module), name)
+            ).parameters
+        except (ImportError, AttributeError, TypeError, ValueError):
+            parameters = {}
+        given = entry.init_args or {}
+        for key in list(given.keys()):
+            # A key the class takes through **kwargs (Lightning's WandbLogger: group, tags)
+            # has no default to compare with: None there means unset.
+            default = parameters[key].default if key in parameters else None
+            if given[key] != default:
+                first.init_args[key] = given[key]
+        if kind not in merged:
+            merged.append(kind)
+    return out, merged
+
+
 # ---- what a run is -------------------------------------------------------------------------
 
 

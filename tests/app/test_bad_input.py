@@ -45,6 +45,8 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     _checkpoint(folder / "hashing.ckpt", HashingTask(num_classes=10, bits=16))
     _checkpoint(folder / "resnet34.ckpt", ClassificationTask(backbone="resnet34", num_classes=10))
+    _checkpoint(folder / "five.ckpt", ClassificationTask(num_classes=5))
+    _checkpoint(folder / "two.ckpt", ClassificationTask(num_classes=2))
     runs = folder / "corrupt_runs" / "Digits" / "resnet18_bp" / "version_0"
     runs.mkdir(parents=True)
     (runs / "config.yaml").write_text("model: {}\n")
@@ -111,7 +113,13 @@ CKPT = {
     "other-task --ckpt_path": (["--ckpt_path", "{in}/hashing.ckpt"], "task HashingTask"),
     "other-backbone --ckpt_path": (["--ckpt_path", "{in}/resnet34.ckpt"], "backbone 'resnet34'"),
     "--ckpt_path last without a run": (["--ckpt_path", "last"], "no run folder"),
+    # The class count comes from the data: known once the model is built, before any folder.
+    "other-class-count --ckpt_path": (["--ckpt_path", "{in}/five.ckpt"], "num_classes 5"),
 }
+
+# A 2-class model (an image folder of two classes: the attack is refused before it is read).
+TWO_CLASSES = ["--data", "ImageFolderData", "--data.root", "{in}/no_images"]
+TWO_CLASSES += ["--data.num_classes", "2", "--ckpt_path", "{in}/two.ckpt"]
 
 FIT = {
     **COMMON,
@@ -170,6 +178,22 @@ ATTACK = {
     "unknown gradient": (
         ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[nosuch]"],
         "nosuch",
+    ),
+    "apgd-dlr on 2 classes": (
+        [*TWO_CLASSES, "--suite.attacks", "[apgd-dlr]"],
+        "Attack 'apgd-dlr' needs at least 4 classes, the model has 2",
+    ),
+    "autoattack with the dlr loss on 2 classes": (
+        [*TWO_CLASSES, "--suite.attacks", "[autoattack]", "--suite.loss", "dlr"],
+        "The dlr loss needs at least 3 classes, the model has 2",
+    ),
+    "a hashing attack on a classifier": (
+        ["--ckpt_path", "{in}/good.ckpt", "--suite.attacks", "[p2p]"],
+        "Attack 'p2p' applies to hashing models, not to classification",
+    ),
+    "a classification attack on a hashing model": (
+        ["--config", HASH, "--ckpt_path", "{in}/hashing.ckpt", "--suite.attacks", "[square]"],
+        "Attack 'square' applies to classification models, not to hashing",
     ),
 }
 

@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,13 +42,20 @@ def network_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_fit_debug_writes_checkpoint_and_validate_reproduces_it():
+def test_fit_debug_writes_checkpoint_and_validate_reproduces_it(capsys):
     assert main(["fit", "--config", QUICK, "--config", DEBUG]) == 0
     run = run_dir()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert (run / "config.yaml").is_file()
     logged = last_metric(run, "val/acc")
+    # The fit ends saying the validation metrics it ended with, as metrics.csv has them.
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[-1] == f"sslr fit: done; run folder {run}"
+    assert said[-2].startswith("sslr fit: last validation: ")
+    shown = dict(part.rsplit(" ", 1) for part in said[-2].split("validation: ")[1].split(", "))
+    assert float(shown["val/acc"]) == pytest.approx(logged, abs=1e-4)
+    assert set(shown) >= {"val/acc", "val/loss"}
 
     assert main(["validate", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]) == 0
     assert last_metric(run / "validate-last", "val/acc") == pytest.approx(logged, abs=1e-6)
@@ -248,6 +256,29 @@ def test_attack_subcommand_on_a_fitted_run(bp_digits_run, capsys):
     assert main([*attack, "--suite.eps", "[-0.1]"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("sslr: error:") and "eps" in last
+
+
+def test_an_attack_on_a_loose_checkpoint_writes_only_into_the_folder_it_prints(
+    bp_digits_run, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    loose = tmp_path / "shared" / "model.ckpt"  # a checkpoint outside any run folder
+    loose.parent.mkdir()
+    shutil.copy(bp_digits_run / "checkpoints" / "best.ckpt", loose)
+    attack = ["attack", "--config", QUICK, "--config", DEBUG, "--ckpt_path", str(loose)]
+    attack += ["--suite.attacks", "[fgsm]", "--suite.n_samples", "8", "--suite.eps", "[0, 0.1]"]
+    before = set(tmp_path.rglob("*"))
+    assert main([*attack, "--suite.gradients", "[exact]"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    (folder,) = (loose.parent / "attacks").iterdir()
+    assert printed == f"sslr attack: done; run folder {folder}"
+    new = set(tmp_path.rglob("*")) - before
+    assert new == {folder.parent, folder, *folder.rglob("*")}  # nothing in runs/, nowhere else
+    names = {p.name for p in folder.iterdir()}
+    assert {"robustness.csv", "masking.csv", "suite.yaml", "metrics.csv"} <= names
+    # Every file of the folder has the mode of Lightning's metrics.csv (the umask's).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if not p.name[0] == "."}
+    assert set(modes.values()) == {modes["metrics.csv"]}, modes
 
 
 def test_attack_subcommand_on_a_hashing_run():

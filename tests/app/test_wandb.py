@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslr.cli import main
+from sslr.cli import main, parse
 from sslr.loggers import WandbLogger, describe_run, log_robustness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,11 @@ def fitted(tmp_path_factory):
         assert ckpt.is_file()
         test = ["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt)]
         assert main([*test, "--trainer.limit_test_batches", "1"]) == 0
+        # As the README says: add the W&B overlay to any command, here over a W&B run's config.
+        attack = ["attack", "--config", str(run / "config.yaml"), "--config", WANDB]
+        attack += ["--ckpt_path", str(ckpt), "--suite.attacks", "[fgsm]", "--suite.n_samples", "8"]
+        attack += ["--suite.gradients", "[exact]", "--suite.eps", "[0, 0.1]"]
+        assert main(attack) == 0
         import wandb
 
         assert wandb.run is None  # each command's W&B run ended with the command
@@ -158,6 +163,51 @@ def test_test_of_a_checkpoint_links_to_its_fit(fitted):
     assert test["config"]["fit_run_id"] == fit["id"]
     assert test["config"]["optimizer"] == fit["config"]["optimizer"]
     assert any("test/acc" in row for row in test["history"])
+
+
+def test_an_attack_with_the_overlay_over_a_wandb_runs_config_logs_once(fitted):
+    folder, _ = fitted
+    attack = offline_runs(folder)["attack"]
+    assert attack["name"] == "resnet18_usf_xavier_attack"
+    tables = sorted((attack["dir"] / "files" / "media" / "table" / "robust").glob("table_*.json"))
+    assert len(tables) == 1, tables  # two WandbLoggers on one W&B run logged each table twice
+    curve = [row for row in attack["history"] if "robust/accuracy/fgsm-linf/exact" in row]
+    assert [row["robust/eps_linf"] for row in curve] == [0.0, 0.1]  # each point once
+
+
+OVERLAYS = sorted((ROOT / "configs" / "overlays").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.stem for p in OVERLAYS])
+@pytest.mark.parametrize("subcommand", ["fit", "test", "attack"])
+def test_every_overlay_over_a_wandb_runs_config_keeps_one_logger_per_kind(
+    fitted, overlay, subcommand
+):
+    _, run = fitted
+    base = [subcommand, "--config", str(run / "config.yaml"), "--config", str(overlay)]
+    for args in (base, [*base, "--config", WANDB]):
+        if subcommand != "fit":
+            args = [*args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+        loggers = parse(args)["trainer"]["logger"]
+        kinds = [entry["class_path"].rsplit(".", 1)[-1] for entry in loggers]
+        assert kinds == ["CSVLogger", "WandbLogger"], (overlay.name, args)
+        wandb = loggers[1]["init_args"]
+        assert wandb["project"] == "sslr" and wandb["group"] == "Digits/resnet18"
+
+
+def test_a_later_loggers_own_options_win_over_the_earlier_one(fitted, tmp_path):
+    _, run = fitted
+    other = tmp_path / "other_project.yaml"
+    other.write_text(
+        "trainer:\n  logger+:\n    - class_path: lightning.pytorch.loggers.WandbLogger\n"
+        "      init_args: {project: elsewhere}\n"
+    )
+    loggers = parse(["fit", "--config", str(run / "config.yaml"), "--config", str(other)])
+    loggers = loggers["trainer"]["logger"]
+    assert [e["class_path"].rsplit(".", 1)[-1] for e in loggers] == ["CSVLogger", "WandbLogger"]
+    assert loggers[1]["class_path"] == "sslr.loggers.WandbLogger"  # the first one's class
+    assert loggers[1]["init_args"]["project"] == "elsewhere"
+    assert loggers[1]["init_args"]["group"] == "Digits/resnet18"  # the run's own, kept
 
 
 @pytest.mark.parametrize("first,second", [(WANDB, DEBUG), (DEBUG, WANDB)], ids=["wd", "dw"])
