@@ -102,7 +102,11 @@ COMMON = {
     "accelerator gpu without one": (["--trainer.accelerator", "gpu"], "accelerator cpu"),
     "unwritable output folder": (
         ["--trainer.logger.save_dir", "{in}/afile/runs"],
-        "is not a writable folder",
+        "is not a writable folder; give --trainer.logger.save_dir a folder",
+    ),
+    "unwritable default_root_dir": (
+        ["--trainer.default_root_dir", "{in}/afile/runs"],
+        "is not a writable folder; give --trainer.default_root_dir a folder",
     ),
 }
 
@@ -173,7 +177,7 @@ ATTACK = {
     ),
     "unwritable output folder": (
         ["--ckpt_path", "{in}/good.ckpt", "--out_dir", "{in}/afile/attack"],
-        "is not a writable folder",
+        "is not a writable folder; give --out_dir a folder",
     ),
     "unknown gradient": (
         ["--ckpt_path", "{in}/good.ckpt", "--suite.gradients", "[nosuch]"],
