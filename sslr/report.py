@@ -5,7 +5,10 @@ figures in :mod:`sslr.report_plots`; this module compares, writes and logs to W&
 
 `sslr report RUN_DIR... --out report.md` reads only what training and attacks leave in run
 folders (docs/ARCHITECTURE.md, "Run folders"): `config.yaml` says what was run, `metrics.csv`
-gives the clean accuracy (or mAP), `robustness.csv` the accuracy (or mAP) under attack. Each
+(the run's own or, preferred, that of `sslr test` in `test-best/`) gives the clean accuracy (or
+mAP), `robustness.csv` the accuracy (or mAP) under attack; an evaluation folder inside a run is
+part of that run, never a run of its own (:mod:`sslr.report_records`). report.csv names the file
+each number came from (`source`, relative to `run_dir`). Each
 (task, dataset, backbone[, bits]) becomes one table whose rows are the rules and whose cells
 carry the difference to bp, the control. It works offline; logging to W&B is opt-in.
 """
@@ -28,6 +31,7 @@ from sslr.report_records import (  # noqa: F401  (re-exported: the report's publ
     CLEAN_COLUMNS,
     CLEAN_METRIC,
     CSV_COLUMNS,
+    EVALUATION_FOLDER,
     GRADIENT_ORDER,
     MISSING,
     RULE_ORDER,
@@ -41,6 +45,8 @@ from sslr.report_records import (  # noqa: F401  (re-exported: the report's publ
     attack_label,
     column_order,
     column_title,
+    evaluation_metrics,
+    find_clean,
     find_run_dirs,
     format_cell,
     format_eps,
@@ -48,6 +54,7 @@ from sslr.report_records import (  # noqa: F401  (re-exported: the report's publ
     group_title,
     masking_summary,
     order_key,
+    part_of_run,
     read_clean,
     read_config,
     read_robustness,
@@ -219,19 +226,24 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     for run in runs:
         for line in masking_summary(run.path, run.sources):
             notes.append(f"{group_title(run.group)} · {run.rule}: {line}.")
-        if any(source.startswith("attacks/") for source in run.sources):
-            used = ", ".join(f"`{source}`" for source in run.sources)
-            clean = f"{run.clean_source} of metrics.csv and " if run.clean_source else ""
-            notes.append(f"`{run.path}`: read {clean}{used}.")
+        # Where the numbers came from, when not only the run's own metrics.csv and
+        # robustness.csv: an evaluation folder (test-best/) or attack folders.
+        elsewhere = run.clean_file not in (None, "metrics.csv")
+        if elsewhere or any(source.startswith("attacks/") for source in run.sources):
+            used = [f"{run.clean_source} of `{run.clean_file}`"] if run.clean_file else []
+            if run.sources:
+                used.append(", ".join(f"`{source}`" for source in run.sources))
+            notes.append(f"`{run.path}`: read {' and '.join(used)}.")
+        test, val = CLEAN_COLUMNS[run.task]
         if not run.measurements:
             notes.append(
-                f"`{run.path}` has no results yet (no {' or '.join(CLEAN_COLUMNS[run.task])} "
-                "in metrics.csv, no robustness.csv rows)."
+                f"`{run.path}` has no results yet (no {test} or {val} in its metrics.csv or its "
+                "test-*/ and validate-*/ folders, no robustness.csv rows)."
             )
-        elif run.clean_source and run.clean_source.startswith("val/"):
+        elif run.clean_source == val:
             notes.append(
-                f"`{run.path}` logged no test metric: its clean value is the last "
-                f"{run.clean_source}."
+                f"`{run.path}` logged no test metric (no {test} in its metrics.csv or a test-*/ "
+                f"folder): its clean value is the last {val} of `{run.clean_file}`."
             )
     records = build_records(runs)
     without_bp = {r.group for r in runs} - {r.group for r in runs if r.rule == "bp"}

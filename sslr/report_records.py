@@ -1,16 +1,27 @@
 """The records of ``sslr report``: what a run folder says (its config, clean metric and every
 attack's robustness.csv), read without torch, and how its values are named and ordered.
 
-A run's results are ``metrics.csv`` (the clean metric: test first, else validation),
-``robustness.csv`` in the run folder (written by ``sslr grid`` and older ``sslr attack``) and
-``attacks/*/robustness.csv`` (one folder per ``sslr attack`` run, beside its ``suite.yaml``).
-Every robustness.csv is read strictly through :mod:`sslr.results`.
+A run folder (``sslr fit``'s ``version_<k>``, a grid's ``<backbone>/<rule>``) holds every
+evaluation of its checkpoints (the layout of :mod:`sslr.run_folder`), and all of them are read as
+part of that run, never as runs of their own:
+
+- the clean metric: a test metric first, from ``test-best/metrics.csv`` (``sslr test`` of the
+  best checkpoint), else the newest other ``test-<checkpoint>/metrics.csv``, else the run's own
+  ``metrics.csv``; only when none of them holds a test metric, the validation metric, in the same
+  order (``validate-best/``, the newest other ``validate-*/``, the run's own ``metrics.csv``).
+  Within a file the last logged value counts.
+- robustness: ``robustness.csv`` in the run folder (written by ``sslr grid`` and older
+  ``sslr attack``) and ``attacks/*/robustness.csv`` (one folder per ``sslr attack`` run, beside
+  its ``suite.yaml``), read strictly through :mod:`sslr.results`.
+
+Every measurement keeps the file it came from (``source``, relative to the run folder).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +36,7 @@ RULE_ORDER = ("bp", "fa", "usf", "frsf", "brsf")
 ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n")
 CSV_COLUMNS = (
     *("task", "dataset", "backbone", "bits", "rule", "attack", "norm", "eps", "steps"),
-    *("gradient", "metric", "value", "delta_vs_bp", "n", "run_dir"),
+    *("gradient", "metric", "value", "delta_vs_bp", "n", "run_dir", "source"),
 )
 TASKS = {"ClassificationTask": "classification", "HashingTask": "hashing"}
 # The clean metric per task, and the metrics.csv columns it is read from (test split first).
@@ -38,6 +49,12 @@ SUBSET = "clean-subset"
 MISSING = "–"
 # Never run folders; W&B writes a config.yaml of its own under wandb/.
 _SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
+# The folder, inside a run, of one evaluation of its checkpoints: sslr.run_folder.child_name's
+# `<subcommand>-<checkpoint name>` (test-best, validate-last, predict-best). Spelled out here:
+# sslr.run_folder imports Lightning, and reading run folders must not.
+EVALUATION_FOLDER = re.compile(r"(?P<subcommand>validate|test|predict)-(?P<checkpoint>.+)")
+# The subcommand whose evaluation folders log each split's metrics (`test/acc` in test-best/).
+_EVALUATED_BY = {"test": "test", "val": "validate"}
 _NORMS = {"inf": "Linf", "linf": "Linf", "l_inf": "Linf", "np.inf": "Linf", "infinity": "Linf"}
 _NORMS |= {"2": "L2", "2.0": "L2", "l2": "L2", "1": "L1", "1.0": "L1", "l1": "L1"}
 
@@ -58,6 +75,7 @@ class Measurement:
     metric: str
     value: float
     n: int | None = None
+    source: str = ""  # the file it was read from, relative to the run folder
 
     @property
     def column(self) -> tuple:
@@ -77,11 +95,12 @@ class Run:
     rule: str
     measurements: tuple[Measurement, ...]
     clean_source: str | None  # the metrics.csv column the clean value came from
-    mtime: float  # newest of metrics.csv / robustness.csv (config.yaml when neither exists)
-    has_results: bool  # metrics.csv or robustness.csv exists
+    mtime: float  # newest of the result files read (config.yaml when there are none)
+    has_results: bool  # a metrics.csv (its own or an evaluation's) or robustness.csv exists
     settings: dict  # flattened seed and model/data init_args, to explain duplicates
     wandb: tuple[str | None, str | None] = (None, None)  # its WandbLogger's (project, group)
     sources: tuple[str, ...] = ()  # the robustness.csv files read, relative to path
+    clean_file: str | None = None  # the metrics.csv the clean value came from, relative to path
 
     @property
     def group(self) -> tuple:
@@ -213,8 +232,38 @@ def group_order(group: tuple) -> tuple:
 # --------------------------------------------------------------------------- reading run folders
 
 
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+
+
+def part_of_run(folder: Path) -> int | None:
+    """How many levels above ``folder`` (a folder holding a config.yaml) its run folder is, or
+    None when ``folder`` is a run folder itself.
+
+    The places the layout of :mod:`sslr.run_folder` puts evaluations of a run's checkpoints are
+    part of the run: any folder right inside a run folder (one with config.yaml and
+    checkpoints/), such as ``test-best/`` (``sslr test`` of its best checkpoint, with the config
+    it ran with) or ``validate-last/``, and ``attacks/<name>/``; a ``<subcommand>-<checkpoint>``
+    folder beside a config.yaml is one even when the run's checkpoints/ was deleted.
+    """
+    resolved = folder.resolve()
+    parent = resolved.parent
+    if _is_run_folder(parent) or (
+        EVALUATION_FOLDER.fullmatch(resolved.name) and (parent / "config.yaml").is_file()
+    ):
+        return 1
+    if parent.name == "attacks" and _is_run_folder(parent.parent):
+        return 2
+    return None
+
+
 def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Folders holding a config.yaml at or below each path, in a stable order, each once."""
+    """The run folders at or below each path, in a stable order, each once.
+
+    A run folder holds a config.yaml; a folder with a config.yaml inside a run folder (an
+    evaluation of its checkpoints, :func:`part_of_run`) stands for that run, so a path given
+    inside a run (``<run>/test-best``) stands for the run too.
+    """
     found: dict[Path, Path] = {}
     for given in paths:
         root = Path(given)
@@ -226,8 +275,13 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             raise ReportError(f"{root} is not a folder; give run folders or folders above them.")
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-            if "config.yaml" in files:
-                found.setdefault(Path(folder).resolve(), Path(folder))
+            if "config.yaml" not in files:
+                continue
+            run = Path(folder)
+            up = part_of_run(run)
+            if up is not None:
+                run = Path(os.path.normpath(run.joinpath(*[os.pardir] * up)))
+            found.setdefault(run.resolve(), run)
     return list(found.values())
 
 
@@ -317,26 +371,62 @@ def _read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     return rows, list(reader.fieldnames or [])
 
 
+def _last_value(path: Path, column: str) -> float | None:
+    """The last value logged in ``column`` of a CSVLogger metrics.csv (every value is checked)."""
+    if not path.is_file():
+        return None
+    rows, fieldnames = _read_metrics(path)
+    if column not in fieldnames:
+        return None
+    last = None
+    for line, row in enumerate(rows, start=2):
+        value = _number(row.get(column), float, path, line, column)
+        last = value if value is not None else last
+    return last
+
+
 def read_clean(path: Path, task: str) -> tuple[float | None, str | None]:
     """The last logged test metric in a CSVLogger metrics.csv, else the last validation one."""
-    if not path.is_file():
-        return None, None
-    rows, fieldnames = _read_metrics(path)
     for column in CLEAN_COLUMNS[task]:
-        if column not in fieldnames:
-            continue
-        last = None
-        for line, row in enumerate(rows, start=2):
-            value = _number(row.get(column), float, path, line, column)
-            last = value if value is not None else last
-        if last is not None:
-            return last, column
+        value = _last_value(path, column)
+        if value is not None:
+            return value, column
     return None, None
 
 
-def read_robustness(path: Path, task: str) -> list[Measurement]:
+def evaluation_metrics(folder: Path, subcommand: str) -> list[Path]:
+    """The metrics.csv of each ``<subcommand>-<checkpoint>/`` evaluation of the run in
+    ``folder``, in the order the report prefers them: the best checkpoint's, then the newest."""
+    found = [
+        path
+        for path in folder.glob(f"{subcommand}-*/metrics.csv")
+        if EVALUATION_FOLDER.fullmatch(path.parent.name) and path.is_file()
+    ]
+    best = [p for p in found if p.parent.name == f"{subcommand}-best"]
+    rest = sorted(
+        (p for p in found if p not in best), key=lambda p: (-p.stat().st_mtime, p.parent.name)
+    )
+    return best + rest
+
+
+def find_clean(folder: Path, task: str) -> tuple[float | None, str | None, str | None]:
+    """The run's clean value: (value, its metrics.csv column, that file relative to the run).
+
+    A test metric anywhere in the run beats validation: ``test-best/``, the newest other
+    ``test-*/``, the run's own metrics.csv; then the same for validation (``validate-*/``).
+    """
+    for column in CLEAN_COLUMNS[task]:
+        subcommand = _EVALUATED_BY[column.split("/")[0]]
+        for path in [*evaluation_metrics(folder, subcommand), folder / "metrics.csv"]:
+            value = _last_value(path, column)
+            if value is not None:
+                return value, column, path.relative_to(folder).as_posix()
+    return None, None, None
+
+
+def read_robustness(path: Path, task: str, source: str = "") -> list[Measurement]:
     """Measurements from one robustness.csv, read strictly; a setting measured twice keeps its
-    last row."""
+    last row. ``source``: the file's name in the report (relative to its run folder)."""
     if not path.is_file():
         return []
     try:
@@ -355,6 +445,7 @@ def read_robustness(path: Path, task: str) -> list[Measurement]:
             metric=metric,
             value=row.accuracy,
             n=row.n,
+            source=source,
         )
         found[measurement.column] = measurement
     return list(found.values())
@@ -396,29 +487,34 @@ def masking_summary(folder: Path, sources: Sequence[str]) -> list[str]:
 
 
 def read_run(folder: Path) -> tuple[Run | None, str | None]:
-    """One run folder, or (None, why it is not an sslr run)."""
+    """One run folder, with every evaluation it holds, or (None, why it is not an sslr run)."""
     identity, why = read_config(folder)
     if identity is None:
         return None, why
     task = identity["task"]
-    clean, source = read_clean(folder / "metrics.csv", task)
+    clean, column, clean_file = find_clean(folder, task)
     measurements = []
     if clean is not None:
-        measurements.append(Measurement(CLEAN, "", 0.0, None, "", CLEAN_METRIC[task], clean))
+        measurements.append(
+            Measurement(CLEAN, "", 0.0, None, "", CLEAN_METRIC[task], clean, source=clean_file)
+        )
     robust = robustness_files(folder)
     merged: dict[tuple, Measurement] = {}
     for path in robust:
-        merged |= {m.column: m for m in read_robustness(path, task)}
+        source = path.relative_to(folder).as_posix()
+        merged |= {m.column: m for m in read_robustness(path, task, source)}
     measurements += merged.values()
-    results = [p for p in (folder / "metrics.csv", *robust) if p.is_file()]
+    evaluations = [p for sub in _EVALUATED_BY.values() for p in evaluation_metrics(folder, sub)]
+    results = [p for p in (folder / "metrics.csv", *evaluations, *robust) if p.is_file()]
     stamped = results or [folder / "config.yaml"]
     run = Run(
         path=folder,
         measurements=tuple(measurements),
-        clean_source=source,
+        clean_source=column,
         mtime=max(p.stat().st_mtime for p in stamped),
         has_results=bool(results),
-        sources=tuple(str(p.relative_to(folder)) for p in robust),
+        sources=tuple(p.relative_to(folder).as_posix() for p in robust),
+        clean_file=clean_file,
         **identity,
     )
     return run, None

@@ -238,7 +238,9 @@ def test_long_form_csv(tmp_path):
         "delta_vs_bp": "0.287",
         "n": "200",
         "run_dir": str(runs["usf"]),
+        "source": "robustness.csv",
     }
+    assert clean["source"] == "metrics.csv"
     assert by_key[("bp", "pgd", f"{E8:.10g}", "rule")]["delta_vs_bp"] == "0"
     assert float(by_key[("brsf", "pgd", "0", "exact")]["delta_vs_bp"]) == pytest.approx(-0.035)
     assert by_key[("brsf", "pgd", f"{E8:.10g}", "eot")]["delta_vs_bp"] == ""  # bp has no eot
@@ -338,8 +340,9 @@ def test_val_metric_used_when_no_test_metric(tmp_path):
     report = build_report([tmp_path / "run"], tmp_path / "report.md")  # a run folder itself
     _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
     assert table == [["bp", "0.750"]]
-    assert report.notes == [f"`{tmp_path / 'run'}` logged no test metric: its clean value is the "
-                            "last val/acc."]  # fmt: skip
+    assert report.notes == [f"`{tmp_path / 'run'}` logged no test metric (no test/acc in its "
+                            "metrics.csv or a test-*/ folder): its clean value is the last val/acc "
+                            "of `metrics.csv`."]  # fmt: skip
     assert report.figures == []
 
 
@@ -514,3 +517,201 @@ def test_worst_case_is_the_first_column_after_clean_and_the_verdict_is_summarise
     (note,) = [n for n in report.notes if "masking verdict" in n]
     assert "FLAGGED degenerate_gradients 0.800 > 0.050" in note
     assert "blackbox_beats_whitebox" not in note and "usf" in note
+
+
+# --------------------------------------------------------------------------- a run's evaluations
+
+
+def write_evaluation(run: Path, name: str, rows: dict[str, float], *, mtime: float | None = None):
+    """`<run>/<name>/` as `sslr test|validate --ckpt_path <run>/checkpoints/<ckpt>.ckpt` leaves
+    it: the config it ran with (the run's own) and its metrics.csv (one row)."""
+    folder = run / name
+    folder.mkdir()
+    (folder / "config.yaml").write_text((run / "config.yaml").read_text())
+    columns = ["epoch", "step", *rows]
+    (folder / "metrics.csv").write_text(
+        ",".join(columns) + "\n" + ",".join(["0", "0", *map(str, rows.values())]) + "\n"
+    )
+    if mtime is not None:
+        os.utime(folder / "metrics.csv", (mtime, mtime))
+    return folder
+
+
+def write_attack(run: Path, name: str, rows: list[tuple]) -> Path:
+    """`<run>/attacks/<name>/robustness.csv` as `sslr attack` leaves it."""
+    folder = run / "attacks" / name
+    folder.mkdir(parents=True)
+    lines = ["attack,norm,eps,steps,gradient,accuracy,n,metric"]
+    lines += [",".join(map(str, r)) + ",accuracy" for r in rows]
+    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def fitted_run(folder: Path, rule: str = "bp", val: float = 0.094, **kwargs) -> Path:
+    """A run folder as `sslr fit` leaves it: val/acc in its metrics.csv, no test metric, and
+    checkpoints/ (what marks a run folder)."""
+    run = write_run(folder, rule, val, [], clean_column="val/acc", **kwargs)
+    (run / "robustness.csv").unlink()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"")
+    return run
+
+
+@pytest.mark.parametrize("checkpoints", [True, False], ids=["run", "checkpoints-deleted"])
+def test_a_test_of_the_best_checkpoint_is_the_runs_clean_value(tmp_path, checkpoints):
+    """fit + `sslr test` of best.ckpt + `sslr validate` of last.ckpt + an attack: one run, whose
+    clean value is test-best's test/acc (not the fit's or validate-last's val/acc), named with
+    its file in the notes and in report.csv; the attack's rows are merged into the same run."""
+    run = fitted_run(tmp_path / "runs" / "debug" / "Digits" / "resnet18_bp" / "version_0")
+    if not checkpoints:  # the evaluation folders' names alone make them part of the run
+        (run / "checkpoints" / "best.ckpt").unlink()
+        (run / "checkpoints").rmdir()
+    write_evaluation(run, "test-best", {"test/acc": 0.0703125, "test/loss": 39.5}, mtime=1e9)
+    write_evaluation(run, "validate-last", {"val/acc": 0.5}, mtime=2e9)  # newer: still val
+    write_attack(run, "best-aaaa", [("pgd", "linf", E8, 10, "rule", 0.03, 8)])
+    report = build_report([tmp_path / "runs"], tmp_path / "report.md")
+    (read,) = report.runs
+    assert read.path == run
+    values = {(m.attack, m.steps): (m.value, m.source) for m in read.measurements}
+    assert values == {
+        ("clean", None): (0.0703125, "test-best/metrics.csv"),
+        ("pgd", 10): (0.03, "attacks/best-aaaa/robustness.csv"),
+    }
+    assert (read.clean_source, read.clean_file) == ("test/acc", "test-best/metrics.csv")
+    _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert table == [["bp", "0.070", "0.030"]]
+    assert report.notes == [
+        f"`{run}`: read test/acc of `test-best/metrics.csv` and `attacks/best-aaaa/robustness.csv`."
+    ]
+    assert "ignoring" not in report.markdown and "no test metric" not in report.markdown
+    rows = {r["attack"]: r for r in read_csv(report.csv_path)}
+    assert (rows["clean"]["value"], rows["clean"]["source"]) == (
+        "0.0703125",
+        "test-best/metrics.csv",
+    )
+    assert rows["clean"]["run_dir"] == rows["pgd"]["run_dir"] == str(run)
+    assert rows["pgd"]["source"] == "attacks/best-aaaa/robustness.csv"
+    # Given the evaluation folder itself, the report reads its run.
+    again = build_report([run / "test-best"], tmp_path / "again.md")
+    assert [r.path for r in again.runs] == [run] and again.notes == report.notes
+
+
+def test_without_any_test_metric_the_validation_value_is_used_and_said(tmp_path):
+    """A run with validate-best/ but no test metric anywhere: its clean value is
+    validate-best's val/acc, and the note says there is no test metric and names the file.
+    A test-last/ folder without a test value does not count as a test metric."""
+    run = fitted_run(tmp_path / "run", val=0.094)
+    write_evaluation(run, "validate-best", {"val/acc": 0.25})
+    write_evaluation(run, "test-last", {"test/loss": 3.0})
+    report = build_report([tmp_path], tmp_path / "report.md")
+    (read,) = report.runs
+    assert [(m.attack, m.value, m.source) for m in read.measurements] == [
+        ("clean", 0.25, "validate-best/metrics.csv")
+    ]
+    assert report.notes == [
+        f"`{run}`: read val/acc of `validate-best/metrics.csv`.",
+        f"`{run}` logged no test metric (no test/acc in its metrics.csv or a test-*/ folder): "
+        "its clean value is the last val/acc of `validate-best/metrics.csv`.",
+    ]
+
+
+@pytest.mark.parametrize(
+    "tests, own_test, expected",
+    [
+        ({"test-best": 0.7, "test-last": 0.6}, 0.5, ("test-best/metrics.csv", 0.7)),
+        ({"test-last": 0.6, "test-epoch3": 0.65}, 0.5, ("test-epoch3/metrics.csv", 0.65)),
+        ({}, 0.5, ("metrics.csv", 0.5)),
+        ({"test-best": 0.7}, None, ("test-best/metrics.csv", 0.7)),
+    ],
+    ids=["best-first", "else-newest", "own-metrics", "beats-val"],
+)
+def test_which_test_metric_is_the_clean_value(tmp_path, tests, own_test, expected):
+    """test-best/ first; else the newest other test-*/; the run's own test metric after them;
+    any test metric before any validation metric."""
+    if own_test is None:
+        run = fitted_run(tmp_path / "run", val=0.9)
+    else:
+        run = write_run(tmp_path / "run", "bp", own_test, [])
+    for k, (name, value) in enumerate(tests.items()):
+        write_evaluation(run, name, {"test/acc": value}, mtime=1e9 + k)  # later ones newer
+    write_evaluation(run, "validate-best", {"val/acc": 0.99}, mtime=2e9)
+    (read,) = build_report([tmp_path], tmp_path / "report.md").runs
+    (clean,) = [m for m in read.measurements if m.attack == "clean"]
+    assert (clean.source, clean.value) == expected
+    assert read.clean_source == "test/acc"
+
+
+def test_duplicate_runs_with_evaluations_are_still_two_runs(tmp_path):
+    """Two genuine runs of one rule, each with test-best/: two run folders in the note (not
+    four), the newest one's test value reported."""
+    old = fitted_run(tmp_path / "v0", "bp", seed=1)
+    new = fitted_run(tmp_path / "v1", "bp", seed=2)
+    write_evaluation(old, "test-best", {"test/acc": 0.6}, mtime=1e9)
+    write_evaluation(new, "test-best", {"test/acc": 0.8}, mtime=2e9)
+    for run, stamp in ((old, 1e9), (new, 2e9)):
+        os.utime(run / "metrics.csv", (stamp, stamp))
+    report = build_report([tmp_path], tmp_path / "report.md")
+    assert [r.path for r in report.runs] == [new]
+    (note, read) = report.notes
+    assert note.startswith("classification · Digits · resnet18 · bp: 2 run folders; using the ")
+    assert f"newest, `{new}`" in note and note.count("`") == 4  # new and old, nothing else
+    assert f"ignoring `{old}`." in note and "differ in seed_everything" in note
+    assert read == f"`{new}`: read test/acc of `test-best/metrics.csv`."
+    _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert table == [["bp", "0.800"]]
+
+
+def test_every_place_of_the_layout_is_part_of_its_run_and_nothing_above_it(tmp_path):
+    """A config.yaml right inside a run folder or in attacks/<name>/ belongs to the run; a
+    folder with config.yaml and checkpoints/ further up (a project's own) absorbs no run."""
+    project = fitted_run(tmp_path / "project", "usf")
+    run = fitted_run(project / "runs" / "Digits" / "resnet18_bp" / "version_0", val=0.5)
+    write_evaluation(run, "predict-best", {})
+    write_evaluation(run, "other", {"test/acc": 0.125})  # not a name sslr gives: not read
+    attack = write_attack(run, "best-aaaa", [("fgsm", "linf", E8, 1, "rule", 0.25, 8)])
+    (attack / "config.yaml").write_text((run / "config.yaml").read_text())
+    report = build_report([project / "runs"], tmp_path / "report.md")
+    (read,) = report.runs
+    assert read.path == run
+    assert [(m.attack, m.value, m.source) for m in read.measurements] == [
+        ("clean", 0.5, "metrics.csv"),
+        ("fgsm", 0.25, "attacks/best-aaaa/robustness.csv"),
+    ]
+    assert not any("run folders" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+def test_evaluation_folders_are_named_as_the_cli_names_them(subcommand):
+    """The report's pattern for a run's evaluation folders matches sslr.run_folder.child_name."""
+    from sslr.report import EVALUATION_FOLDER
+    from sslr.run_folder import child_name
+
+    for ckpt in ("best.ckpt", "last.ckpt", "epoch=3-step=40.ckpt"):
+        name = child_name(subcommand, Path("run") / "checkpoints" / ckpt)
+        assert EVALUATION_FOLDER.fullmatch(name), name
+    assert not EVALUATION_FOLDER.fullmatch("version_0")
+
+
+def test_sslr_test_of_a_fitted_run_is_its_clean_value(bp_digits_run, tmp_path, monkeypatch):
+    """End to end: `sslr test` of a fitted run's best.ckpt writes test-best/; `sslr report`
+    reads that run once, with test-best's test/acc as its clean value."""
+    import shutil
+
+    from sslr.cli import main
+
+    run = tmp_path / "runs" / "Digits" / "resnet18_bp" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "checkpoints/best.ckpt"):
+        shutil.copy(bp_digits_run / name, run / name)
+    monkeypatch.chdir(tmp_path)
+    args = ["test", "--config", str(run / "config.yaml")]
+    args += ["--ckpt_path", str(run / "checkpoints" / "best.ckpt")]
+    assert main([*args, "--trainer.limit_test_batches", "2"]) == 0
+    with (run / "test-best" / "metrics.csv").open(newline="") as handle:
+        logged = [float(r["test/acc"]) for r in csv.DictReader(handle) if r["test/acc"]]
+    assert (run / "test-best" / "config.yaml").is_file() and logged
+    report = build_report([tmp_path / "runs"], tmp_path / "report.md")
+    (read,) = report.runs
+    assert read.path == run and read.clean_file == "test-best/metrics.csv"
+    assert [m.value for m in read.measurements] == [logged[-1]]
+    assert not any("no test metric" in n or "ignoring" in n for n in report.notes)
