@@ -1,12 +1,18 @@
 """`sslr grid` through the CLI users run: the paper's protocol on Digits end to end, then a
-second invocation that skips everything, an interrupted fine-tune that alone runs again, and
-bad grid files that fail at once with one line."""
+second invocation that skips everything, an interrupted fine-tune that alone runs again,
+replaced checkpoints that rerun their fit and what consumed them, and bad grid files that fail
+at once with one line."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
+import io
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,13 +35,18 @@ def _in_tmp(tmp_path, monkeypatch):
 def grid(capsys, *args: str) -> tuple[int, dict[str, list[str]]]:
     """Run `sslr grid`; returns its exit code and, per stage label, what its lines said."""
     code = main(["grid", *args])
+    grid.out, grid.err = capsys.readouterr()  # the whole output of the last call
+    return code, progress(grid.out)
+
+
+def progress(output: str) -> dict[str, list[str]]:
+    """Per stage label, what the grid's progress lines said of it."""
     stages: dict[str, list[str]] = {}
-    grid.out = capsys.readouterr().out  # the whole output of the last call
-    for line in grid.out.splitlines():
+    for line in output.splitlines():
         match = LINE.match(line)
         if match:
             stages.setdefault(match.group(3), []).append(match.group(4))
-    return code, stages
+    return stages
 
 
 def ran(stages: dict[str, list[str]]) -> set[str]:
@@ -54,6 +65,23 @@ def files(folder: Path) -> dict[Path, int]:
     }
 
 
+@pytest.fixture(scope="module")
+def digits_grid(tmp_path_factory) -> tuple[Path, str]:
+    """The digits debug grid run once for the module (about 1.5 minutes): its folder and the
+    first invocation's output. Tests that rerun it leave it finished (every stage done)."""
+    folder = tmp_path_factory.mktemp("digits_grid")
+    out, old = folder / "grid", Path.cwd()
+    text = io.StringIO()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(text):
+            code = main(["grid", "--config", str(DEBUG_GRID), "--out", str(out)])
+    finally:
+        os.chdir(old)
+    assert code == 0, text.getvalue()[-2000:]
+    return out, text.getvalue()
+
+
 def test_a_second_grid_on_the_same_folder_is_refused(capsys, tmp_path):
     from sslr.atomic import FolderLock
 
@@ -65,10 +93,9 @@ def test_a_second_grid_on_the_same_folder_is_refused(capsys, tmp_path):
     assert not (out / "resnet18").exists()
 
 
-def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path):
-    out = tmp_path / "grid"
-    code, stages = grid(capsys, "--config", str(DEBUG_GRID), "--out", str(out))
-    assert code == 0
+def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, digits_grid):
+    out, first = digits_grid
+    stages = progress(first)
     labels = ["pretrain resnet18/bp"] + [
         f"{s} resnet18/{r}" for s in ("finetune", "attack") for r in RULES
     ]
@@ -92,7 +119,9 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path
         assert config["optimizer"]["init_args"]["lr"] == 0.01  # finetune.args
 
         rows = robustness(run_dir)
-        expected = {"rule", "exact", "transfer"} | ({"eot"} if rule == "brsf" else set())
+        # transfer's surrogate is bp: on bp itself it would be bp's own white-box examples.
+        expected = {"rule", "exact"} | ({"eot"} if rule == "brsf" else set())
+        expected |= set() if rule == "bp" else {"transfer"}
         worst = [r for r in rows if r["attack"] == "worst"]  # per-image worst case, per eps
         assert {round(float(r["eps"]) * 255) for r in worst} == {0, 8}
         cells = [r for r in rows if r["attack"] != "worst"]
@@ -100,15 +129,19 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path
         assert {r["attack"] for r in cells} == {"fgsm", "pgd"}
         assert {round(float(r["eps"]) * 255) for r in rows} == {0, 8}
         assert all(int(r["n"]) == 32 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
-    # bp's transfer surrogate is the bp model itself: the same examples as its own gradient.
-    bp = {
-        (r["attack"], r["eps"], r["gradient"]): r["accuracy"]
-        for r in robustness(out / "resnet18" / "bp")
-    }
-    assert all(bp[(a, e, "transfer")] == bp[(a, e, "rule")] for a, e, g in bp if g == "rule")
+    # bp's attack ran without transfer and read no surrogate; the others' read bp's checkpoint.
+    bp_sha = json.loads((out / "resnet18" / "bp" / "done.json").read_text())["sha256"]
+    for rule in RULES:
+        attack = json.loads((out / "resnet18" / rule / "attack" / "done.json").read_text())
+        gradients = attack["inputs"]["suite"]["gradients"]
+        if rule == "bp":
+            assert gradients == ["rule", "exact", "eot"] and attack["inputs"]["surrogate"] is None
+        else:
+            assert gradients == ["rule", "exact", "eot", "transfer"]
+            assert attack["inputs"]["surrogate"] == bp_sha
 
     # The attack stages show the engine's progress (a line per cell) under their stage line.
-    assert re.search(r"^    attack \d+/\d+ .*left, ETA", grid.out, re.MULTILINE)
+    assert re.search(r"^    attack \d+/\d+ .*left, ETA", first, re.MULTILINE)
     # The demo's table reads the same files: its cells are the markers' and the CSVs' values.
     from sslr.demo import demo_table
 
@@ -129,6 +162,20 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path
     for rule in RULES:
         assert len([line for line in report.splitlines() if line.startswith(f"| {rule} |")]) == 1
     assert (out / "report.csv").is_file() and list(out.glob("report*.png"))
+    # The report has transfer measurements of every rule but bp, whose cells show "–".
+    with (out / "report.csv").open() as f:
+        measured = {(r["rule"], r["gradient"]) for r in csv.DictReader(f)}
+    assert ("bp", "transfer") not in measured and ("bp", "exact") in measured
+    assert all((rule, "transfer") in measured for rule in RULES if rule != "bp")
+    lines = report.splitlines()
+    header = next(line for line in lines if line.startswith("| rule |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    transfer = [i for i, c in enumerate(columns) if "transfer" in c]
+    assert transfer
+    for rule in RULES:
+        row = next(line for line in lines if line.startswith(f"| {rule} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all((cells[i] == "–") == (rule == "bp") for i in transfer), row
 
     # Again: every stage is skipped and not one file is written.
     before = files(out)
@@ -151,6 +198,86 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, tmp_path
     assert any(r["train/loss"] for r in logged) and any(r["test/acc"] for r in logged)
 
 
+def test_replaced_checkpoints_rerun_their_fit_and_what_consumed_them(
+    capsys, monkeypatch, tmp_path, digits_grid
+):
+    """A fit whose checkpoint was replaced or deleted after it finished is not done: it says so
+    and runs again, and so does what consumed a checkpoint that now differs (its attack, the
+    attacks whose transfer surrogate is bp's, the report). Each checkpoint is hashed once."""
+    from sslr.grid import stages as grid_stages
+    from sslr.grid.markers import sha256
+
+    out, _ = digits_grid
+    tuned = out / "resnet18"
+
+    def marker(*parts: str) -> dict:
+        return json.loads(tuned.joinpath(*parts, "done.json").read_text())
+
+    before = {rule: marker(rule) for rule in RULES}
+    ckpt = {rule: out / before[rule]["checkpoint"] for rule in RULES}
+    pretrain = marker("pretrain")
+    # usf's checkpoint replaced by frsf's (its marker left as it was) and frsf's gone.
+    shutil.copyfile(ckpt["frsf"], ckpt["usf"])
+    copied = sha256(ckpt["usf"])
+    ckpt["frsf"].rename(tmp_path / "frsf.ckpt")
+    # bp's replaced by the pretrained one and its marker updated to match (a bp fine-tune that
+    # ran again, its grid stopped before the attacks): bp's fit is done, what consumed it not.
+    ckpt["bp"].rename(tmp_path / "bp.ckpt")
+    shutil.copyfile(out / pretrain["checkpoint"], ckpt["bp"])
+    (tuned / "bp" / "done.json").write_text(
+        json.dumps({**before["bp"], "sha256": pretrain["sha256"]})
+    )
+
+    def said(rule: str, again: str) -> str:
+        name = f"resnet18/{rule}/checkpoints/best.ckpt"
+        was = f"sha256 {before[rule]['sha256'][:12]} recorded"
+        if rule == "frsf":
+            return f"{name} is missing ({was}): {again}"
+        return f"{name} changed since the stage finished ({was}, {copied[:12]} now): {again}"
+
+    # A dry run (the same decisions) says what would run and writes nothing.
+    written = files(out)
+    code, stages = grid(capsys, "--config", str(DEBUG_GRID), "--out", str(out), "--dry-run")
+    assert code == 0 and files(out) == written
+    for rule in ("usf", "frsf"):
+        assert stages[f"finetune resnet18/{rule}"] == [said(rule, "would run the stage again")]
+    refits = {"finetune resnet18/usf", "finetune resnet18/frsf"}
+    assert ran(stages) == {*refits, *(f"attack resnet18/{r}" for r in RULES), "report"}
+
+    # frsf's and bp's checkpoints back: usf's fit, its attack and the report run again.
+    (tmp_path / "frsf.ckpt").rename(ckpt["frsf"])
+    (tmp_path / "bp.ckpt").rename(ckpt["bp"])
+    (tuned / "bp" / "done.json").write_text(json.dumps(before["bp"]))
+    hashed: list[str] = []
+
+    def counted(path: Path) -> str:
+        hashed.append(Path(path).resolve().relative_to(out.resolve()).as_posix())
+        return sha256(path)
+
+    monkeypatch.setattr(grid_stages, "sha256", counted)
+    code, stages = grid(capsys, "--config", str(DEBUG_GRID), "--out", str(out))
+    assert code == 0, grid.err
+    assert ran(stages) == {"finetune resnet18/usf", "attack resnet18/usf", "report"}
+    assert stages["finetune resnet18/usf"][0] == said("usf", "running the stage again")
+    usf = marker("usf")
+    # Each checkpoint hashed once: the five found, and the one the refit wrote.
+    found = [pretrain["checkpoint"], *(before[rule]["checkpoint"] for rule in RULES)]
+    assert collections.Counter(hashed) == collections.Counter([*found, usf["checkpoint"]])
+
+    # The markers hold the hash of the file on disk, the attack and the report what they read.
+    assert usf["sha256"] == sha256(out / usf["checkpoint"]) != copied
+    assert usf["inputs"]["start"] == pretrain["sha256"]
+    attack = marker("usf", "attack")["inputs"]
+    assert attack["checkpoint"] == usf["sha256"] and attack["surrogate"] == before["bp"]["sha256"]
+    report = json.loads((out / "done.json").read_text())["inputs"]
+    after = {**before, "usf": usf}
+    assert [row[:3] for row in report] == [["resnet18", r, after[r]["sha256"]] for r in RULES]
+
+    # And now every stage is done.
+    code, stages = grid(capsys, "--config", str(DEBUG_GRID), "--out", str(out))
+    assert code == 0 and len(stages) == 10 and not ran(stages)
+
+
 def test_dry_run_prints_the_commands_and_writes_nothing(capsys, tmp_path):
     code = main(["grid", "--config", str(DEBUG_GRID), "--out", "g", "--dry-run"])
     out = capsys.readouterr().out
@@ -158,6 +285,14 @@ def test_dry_run_prints_the_commands_and_writes_nothing(capsys, tmp_path):
     assert out.count("would run") == 9 and "would write" in out
     assert out.count("sslr fit ") == 5 and out.count("sslr attack ") == 4
     assert "--model.rule brsf" in out and "--suite.surrogate_ckpt" in out
+    # bp's attack runs no transfer (its surrogate is bp itself) and reads no surrogate.
+    attacks = [line for line in out.splitlines() if line.startswith("    sslr attack ")]
+    bp = [line for line in attacks if "--model.rule bp " in line]
+    assert len(bp) == 1 and "transfer" not in bp[0] and "--suite.surrogate_ckpt" not in bp[0]
+    assert '--suite.gradients \'["rule", "exact", "eot"]\'' in bp[0]
+    others = [line for line in attacks if line not in bp]
+    assert len(others) == 3 and all("--suite.surrogate_ckpt" in line for line in others)
+    assert all('"eot", "transfer"]' in line for line in others)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -210,6 +345,7 @@ BASE = str(ROOT / "configs" / "quickstart.yaml")
         ({"base_config": BASE, "backbones": ["resnet18"], "attack": {"suite": {"stepz": 3}}}, "unknown key 'attack.suite.stepz'"),
         ({"base_config": BASE, "backbones": ["resnet18"], "attack": {"suite": {"eps": ["8"]}}}, "not in /255 units"),
         ({"base_config": BASE, "backbones": ["resnet18"], "rules": ["usf"], "attack": {"suite": {"gradients": ["transfer"]}}}, "add bp to rules"),
+        ({"base_config": BASE, "backbones": ["resnet18"], "rules": ["bp", "usf"], "attack": {"suite": {"gradients": ["transfer"]}}}, "add rule or exact for bp's row"),
         ({"base_config": BASE, "backbones": ["resnet18"], "pretrain": {"epochs": 2, "weights": "IMAGENET1K_V1"}}, "give one"),
         ({"base_config": BASE, "backbones": ["resnet18"], "finetune": {"args": ["--optimizer.lrr", "0.1"]}}, "the finetune stage's command"),
     ],
@@ -289,11 +425,9 @@ def test_a_hashing_grid_runs_end_to_end(capsys, tmp_path):
         rows = robustness(out / "resnet18" / rule)
         assert {r["attack"] for r in rows} == {"pgd", "p2p", "worst"}
         assert {r["metric"] for r in rows} == {"mAP", "t-mAP"}
-        assert {r["gradient"] for r in rows if r["attack"] != "worst"} == {
-            "rule",
-            "exact",
-            "transfer",
-        }
+        # transfer from bp's model: not on bp itself (its own white-box examples).
+        gradients = {"rule", "exact"} | (set() if rule == "bp" else {"transfer"})
+        assert {r["gradient"] for r in rows if r["attack"] != "worst"} == gradients
         worst = {
             (r["metric"], r["eps"]): float(r["accuracy"]) for r in rows if r["attack"] == "worst"
         }

@@ -5,9 +5,10 @@ command.
 
 For every backbone: BP pretraining once (or torchvision weights instead), fine-tuning with each
 rule from that same checkpoint with the same seed and budget, the attack suite on every
-fine-tuned model (the ``transfer`` surrogate is the bp fine-tuned model of the same backbone),
-then one report over all of them. Each stage runs the CLI users run (``sslr fit``,
-``sslr attack``, in-process) into a fixed layout that ``sslr report`` reads::
+fine-tuned model (the ``transfer`` surrogate is the bp fine-tuned model of the same backbone, so
+bp's own attack runs no ``transfer``: it would be its own white-box examples, and its report
+cell shows "–"), then one report over all of them. Each stage runs the CLI users run
+(``sslr fit``, ``sslr attack``, in-process) into a fixed layout that ``sslr report`` reads::
 
     <out>/<backbone>/pretrain/       config.yaml, metrics.csv, checkpoints/, done.json
     <out>/<backbone>/<rule>/         the same, plus robustness.csv and .png from the attack
@@ -15,10 +16,13 @@ then one report over all of them. Each stage runs the CLI users run (``sslr fit`
     <out>/report.md                  with report.csv, the PNGs and its done.json beside it
 
 Resumable: a stage is skipped when its ``done.json`` (written atomically once the stage has
-finished) records the same inputs: the configs' contents, epochs, args, seed, and the checkpoint
-it starts from or attacks. An interrupted fit resumes from its ``last.ckpt``; an interrupted
-attack runs again; a stage whose inputs changed runs again from scratch (its folder is
-replaced), and so does whatever depended on a checkpoint that changed.
+finished) records the same inputs: the configs' contents, epochs, args, seed, and the sha256 of
+the checkpoint it starts from or attacks (and of the transfer surrogate); a fit, moreover, only
+while its own checkpoint is still the file it recorded (each checkpoint is hashed once per
+invocation). An interrupted fit resumes from its ``last.ckpt``; an interrupted attack runs
+again; a stage whose inputs changed, or a fit whose checkpoint is missing or was replaced, runs
+again from scratch (its folder is replaced), and so does whatever depended on a checkpoint
+that changed.
 
 The grid file's schema is in :mod:`sslr.grid.spec`, the stages and their progress lines in
 :mod:`sslr.grid.stages`, their markers in :mod:`sslr.grid.markers` and the commands they run

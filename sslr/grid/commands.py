@@ -48,7 +48,8 @@ class StageCommands:
         probe: bool = False,
     ) -> list[str]:
         """``fit`` for pretrain/finetune (from ``start``, the pretrained checkpoint), ``attack``
-        for attack (of ``ckpt``, its model rebuilt from the fine-tune's own arguments).
+        for attack (of ``ckpt``, its model rebuilt from the fine-tune's own arguments, with the
+        rule's suite, :meth:`Grid.attack_suite`, and ``surrogate`` the transfer surrogate).
         ``probe``: without the grid's logger and T_max (what :meth:`check` parses)."""
         grid = self.grid
         seed = str(grid.seed)
@@ -60,7 +61,7 @@ class StageCommands:
         if kind == "attack":
             args += [*grid.finetune_args, "--ckpt_path", str(ckpt)]
             args += ["--out_dir", str(grid.out / backbone / rule)]  # the run's own folder
-            for key, value in grid.suite.items():
+            for key, value in grid.attack_suite(rule).items():  # bp's has no transfer
                 # A string as it is: JSON's quotes would be part of the value to the parser.
                 text = value if isinstance(value, str) else json.dumps(value)
                 args += [f"--suite.{key}", text]

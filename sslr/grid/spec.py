@@ -35,6 +35,9 @@ STAGE_KEYS = {
     "attack": ("suite", "args"),
 }
 DEFAULT_RULES = ("bp", "usf", "frsf", "brsf")
+# The rule whose fine-tuned model is the ``transfer`` surrogate of every attack stage.
+SURROGATE = "bp"
+TRANSFER = "transfer"
 DEFAULT_EPOCHS = {"pretrain": 10, "finetune": 5}
 # Set by the grid for every stage: in `args` they would break equal budgets or the layout.
 OWNED = (
@@ -73,6 +76,12 @@ class Grid:
     @property
     def configs(self) -> tuple[Config, ...]:
         return (self.base_config, *self.overlays)
+
+    def attack_suite(self, rule: str) -> dict:
+        """The suite of ``rule``'s attack stage: the grid's, but the surrogate's own (bp's)
+        without the ``transfer`` gradient source, whose examples would be bp's own white-box
+        ones (``exact`` again, not a transfer measurement): its report cell stays empty."""
+        return _suite_of(self.suite, rule)
 
 
 # --------------------------------------------------------------------------- the grid file
@@ -243,7 +252,7 @@ def _eps(value):
 
 def _suite(suite, with_bp: bool) -> dict:
     """attack.suite checked by SuiteConfig itself, epsilons as floats."""
-    from sslr.robustness import SuiteConfig, get_attack
+    from sslr.robustness import SuiteConfig
 
     if not isinstance(suite, dict):
         raise GridError("attack.suite must be a mapping of SuiteConfig fields")
@@ -253,10 +262,7 @@ def _suite(suite, with_bp: bool) -> dict:
     _known(suite, fields, "attack.suite.")
     suite = {k: _eps(v) if k in ("eps", "eps_l2") else v for k, v in suite.items()}
     try:
-        config = SuiteConfig(**suite)
-        wants_transfer = "transfer" in [s.value for s in config.gradient_sources] and any(
-            get_attack(a).white_box for a in config.attack_kinds
-        )
+        wants_transfer = _wants_transfer(suite)
     except (TypeError, ValueError) as err:
         raise GridError(f"attack.suite: {err}") from None
     if wants_transfer and not with_bp:
@@ -264,4 +270,29 @@ def _suite(suite, with_bp: bool) -> dict:
             "attack.suite.gradients has transfer, whose surrogate is the bp fine-tuned model: "
             "add bp to rules or drop transfer"
         )
+    if with_bp:
+        try:
+            _wants_transfer(_suite_of(suite, SURROGATE))
+        except ValueError:  # transfer alone: bp's own stage has no gradient source left
+            raise GridError(
+                "attack.suite.gradients has only transfer, which bp's own attack does not run "
+                "(its surrogate is bp itself): add rule or exact for bp's row"
+            ) from None
     return suite
+
+
+def _suite_of(suite: dict, rule: str) -> dict:
+    gradients = suite.get("gradients")
+    if rule != SURROGATE or gradients is None:
+        return dict(suite)
+    gradients = [gradients] if isinstance(gradients, str) else list(gradients)
+    return {**suite, "gradients": [g for g in gradients if str(g).lower() != TRANSFER]}
+
+
+def _wants_transfer(suite: dict) -> bool:
+    """Whether a suite (SuiteConfig fields) runs ``transfer``: a white-box attack along it.
+    Raises what SuiteConfig raises for a bad suite."""
+    from sslr.robustness import SuiteConfig, get_attack
+
+    config = SuiteConfig(**suite)
+    return config.wants_transfer and any(get_attack(a).white_box for a in config.attack_kinds)

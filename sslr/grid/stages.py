@@ -1,7 +1,13 @@
 """The grid's stages, run in order: BP pretraining once per backbone (or torchvision weights),
 fine-tuning with each rule from that checkpoint, the attack suite on every fine-tuned model,
 then one report. Each stage is skipped when its marker records the same inputs, and says what
-it did on one progress line (``sslr grid: [i/n] label: what; k left, ETA s``)."""
+it did on one progress line (``sslr grid: [i/n] label: what; k left, ETA s``).
+
+A fit is done only while its checkpoint is the one its marker records (its sha256, each
+checkpoint hashed once per invocation): one missing or replaced makes the fit run again, and
+what consumed it (the fine-tunes from a pretrain checkpoint, the attack of a fine-tuned model,
+the attacks whose transfer surrogate is bp's, the report) records the hash it consumed, so it
+runs again too."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from sslr.grid.markers import (
     sha256,
     write_json,
 )
-from sslr.grid.spec import Grid, GridError
+from sslr.grid.spec import SURROGATE, Grid, GridError
 
 
 class GridRun:
@@ -42,6 +48,7 @@ class GridRun:
         self.commands = StageCommands(grid)
         self.inputs_configs = [fingerprint(c) for c in grid.configs]
         self.began = time.perf_counter()
+        self.hashes: dict[Path, str | None] = {}  # checkpoint -> sha256 (None: missing)
 
     # ---- stages -----------------------------------------------------------------------------
 
@@ -54,7 +61,8 @@ class GridRun:
             f"sslr grid: {grid.name}: {', '.join(grid.backbones)} x {', '.join(grid.rules)} "
             f"-> {grid.out} ({self.total} stages{dry})"
         )
-        results = []  # what the report summarizes: (backbone, rule, when fit, when attacked)
+        # What the report summarizes: backbone, rule, checkpoint sha256, when fit, when attacked.
+        results = []
         for backbone in grid.backbones:
             if grid.weights:
                 start: dict = {"weights": grid.weights}
@@ -62,14 +70,37 @@ class GridRun:
                 start = self._fit("pretrain", backbone, "bp")
             tuned = {rule: self._fit("finetune", backbone, rule, start) for rule in grid.rules}
             for rule in grid.rules:
-                attacked = self._attack(backbone, rule, tuned[rule], tuned.get("bp"))
-                results.append(
-                    [backbone, rule, tuned[rule].get("finished"), attacked.get("finished")]
-                )
+                fit = tuned[rule]
+                attacked = self._attack(backbone, rule, fit, tuned.get(SURROGATE))
+                when = [fit.get("finished"), attacked.get("finished")]
+                results.append([backbone, rule, fit.get("sha256"), *when])
         self._report(results)
 
     def _checkpoint(self, marker: dict) -> Path | None:
         return self.grid.out / marker["checkpoint"] if marker.get("checkpoint") else None
+
+    def _hash(self, path: Path, *, fresh: bool = False) -> str | None:
+        """The sha256 of a checkpoint on disk (None when it is missing), computed once per
+        invocation; ``fresh``: the file was just written, hash it again."""
+        path = Path(path).resolve()
+        if fresh or path not in self.hashes:
+            self.hashes[path] = sha256(path) if path.is_file() else None
+        return self.hashes[path]
+
+    def _changed(self, done: dict) -> str | None:
+        """Why a finished fit's checkpoint is not the one its marker records (one sentence),
+        or None when it is."""
+        recorded = done.get("sha256")
+        path = self._checkpoint(done)
+        current = None if path is None else self._hash(path)
+        if recorded and current == recorded:
+            return None
+        again = "would run the stage again" if self.dry_run else "running the stage again"
+        name = done.get("checkpoint") or "checkpoint"
+        was = f"sha256 {str(recorded)[:12]} recorded"
+        if current is None:
+            return f"{name} is missing ({was}): {again}"
+        return f"{name} changed since the stage finished ({was}, {current[:12]} now): {again}"
 
     def _skip(self, label: str, done: dict) -> dict:
         """A stage whose marker records the same inputs: said, counted, its marker returned."""
@@ -103,18 +134,22 @@ class GridRun:
             "start": None if start is None else start.get("weights") or start.get("sha256"),
         }
         done = read_json(folder / DONE)
+        changed = None
         if done is not None and done.get("inputs") == inputs:
-            return self._skip(label, done)
+            changed = self._changed(done)
+            if changed is None:  # its checkpoint is the one recorded: what dependents consume
+                return self._skip(label, done)
         last = folder / "checkpoints" / "last.ckpt"
         resume = done is None and read_json(folder / STARTED) == inputs and last.is_file()
         if resume:
             args = [*args, "--ckpt_path", str(last)]
         layout = {"checkpoint": f"{backbone}/{folder.name}/checkpoints/best.ckpt", "sha256": None}
         if self.dry_run:
-            self._say(label, "would resume from last.ckpt" if resume else "would run", new=True)
+            what = changed or ("would resume from last.ckpt" if resume else "would run")
+            self._say(label, what, new=True)
             self.echo("    " + shlex.join(["sslr", *args]))
             return layout
-        self._say(label, "resuming from last.ckpt" if resume else "running", new=True)
+        self._say(label, changed or ("resuming from last.ckpt" if resume else "running"), new=True)
         if not resume and folder.exists():
             shutil.rmtree(folder)  # stale or unfinished without a checkpoint: start clean
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +175,7 @@ class GridRun:
             "backbone": backbone,
             "rule": rule,
             "checkpoint": relative(ckpt, grid.out),
-            "sha256": sha256(ckpt),
+            "sha256": self._hash(ckpt, fresh=True),
             "metrics": {k: float(v) for k, v in metrics.items()},
             "seconds": round(seconds, 1),
             "finished": now(),
@@ -156,19 +191,24 @@ class GridRun:
         return marker
 
     def _attack(self, backbone: str, rule: str, tuned: dict, bp: dict | None) -> dict:
+        """The attack suite on ``tuned`` (a fine-tune's marker, its sha256 that of the file on
+        disk), ``transfer`` crafted on ``bp`` (none on bp itself: not a transfer)."""
         grid = self.grid
         run_dir = grid.out / backbone / rule
         folder = run_dir / "attack"
         label = f"attack {backbone}/{rule}"
+        if rule == SURROGATE:
+            bp = None  # no transfer from bp to itself (Grid.attack_suite): no surrogate input
         inputs = {
             "checkpoint": tuned.get("sha256"),
             "surrogate": bp.get("sha256") if bp else None,
             "configs": self.inputs_configs,
-            "suite": grid.suite,
+            "suite": grid.attack_suite(rule),
             "args": [*grid.finetune_args, *grid.attack_args],
         }
         done = read_json(folder / DONE)
-        if done is not None and done.get("inputs") == inputs and inputs["checkpoint"]:
+        ready = inputs["checkpoint"] and (bp is None or inputs["surrogate"])
+        if done is not None and done.get("inputs") == inputs and ready:
             return self._skip(label, done)
         surrogate = self._checkpoint(bp) if bp else None
         args = self.commands.build(
