@@ -34,9 +34,9 @@ SOURCES = ("rule", "exact", "transfer")
 HOW_TO_READ = (
     "How to read it: `rule` attacks with the model's own backward (for usf the sign-feedback\n"
     "pseudo-gradient, the paper's threat model); `exact` attacks the same weights with the\n"
-    "true gradient; `transfer` uses examples made on the bp model (for bp itself, its own:\n"
-    "shown as –). A usf gain that holds under `rule` but vanishes under `exact` is gradient\n"
-    "masking, not robustness."
+    "true gradient; `transfer` uses examples made on the bp model (bp has none: its own\n"
+    "would be its `exact` attack; shown as –). A usf gain that holds under `rule` but vanishes\n"
+    "under `exact` is gradient masking, not robustness."
 )
 
 
@@ -102,7 +102,7 @@ def demo_table(out: Path, backbone: str, rules, eps: list[float]) -> str:
         cells = [rule, f"{clean:.3f}"]
         for e in shown:
             for s in SOURCES:
-                value = None if (rule == "bp" and s == "transfer") else robust.get((s, e))
+                value = robust.get((s, e))  # bp has no transfer rows: its own examples
                 cells.append("–" if value is None else f"{value:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
