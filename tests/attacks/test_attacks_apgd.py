@@ -75,7 +75,10 @@ def test_every_iterate_lies_in_the_eps_ball_and_the_unit_box(model, subset, norm
 def test_apgd_ce_is_at_least_as_strong_as_pgd10(model, subset, norm):
     """On the same seeded subset and eps, APGD-CE (exact gradient: a plain network's own)
     leaves an accuracy at most PGD-10's (step 2.5 eps / 10, random start), as sslr's PGD runs
-    it today."""
+    it today, up to 2 of the 96 images: the two attacks are not ordered image by image.
+    Measured outside the suite over 25 runs (models trained from seeds 0-4 x the 5 windows of
+    96 test images, seed = window): APGD-50 minus PGD-10 was -12/96 to -2/96 (L-inf) and
+    -13/96 to -1/96 (L2); here -8/96 and -6/96."""
     x, y = subset
     eps = EPS[norm]
     result = apgd(model, x, y, eps=eps, norm=norm, loss="ce", steps=50, seed=0)
@@ -96,7 +99,7 @@ def test_apgd_ce_is_at_least_as_strong_as_pgd10(model, subset, norm):
     pgd_accuracy = _accuracy(model, adv, y)
     assert _accuracy(model, x, y) > 0.9
     assert pgd_accuracy < 0.9  # PGD does work at this eps: the comparison means something
-    assert apgd_accuracy <= pgd_accuracy, (apgd_accuracy, pgd_accuracy)
+    assert apgd_accuracy <= pgd_accuracy + 2 / 96, (apgd_accuracy, pgd_accuracy)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

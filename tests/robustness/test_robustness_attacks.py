@@ -26,6 +26,13 @@ from sslr.robustness import (
 from sslr.robustness.attacks import bound_excess, pgd, pgd_art, square
 
 EPS = {"linf": [0.0, 2 / 255, 8 / 255, 32 / 255, 0.25], "l2": [0.0, 0.25, 1.0, 2.0, 4.0]}
+# Neither PGD at a larger eps nor PGD against FGSM is ordered image by image (random start,
+# other steps): near a tie, one image's float rounding decides. Measured outside the suite over
+# 35 runs (models trained from seeds 0-4 x the 7 windows of 64 test images, suite seed =
+# window): the accuracy never rose from one eps to the next (L-inf and L2; 10 of 35 tied at
+# 0 -> 2/255), PGD-10 never left more than FGSM (tied at 2/255 in 30 of 35, 2/64 to 11/64
+# below it at 8/255), so both allow 2/64 of noise; an attack that does nothing still fails.
+NOISE = 2 / 64
 
 
 def _config(norm: str, **kwargs) -> SuiteConfig:
@@ -49,7 +56,7 @@ def test_pgd_exact_accuracy_falls_with_eps_to_near_zero(target, test_subset, nor
     acc = accuracies(rows, attack="pgd", norm=norm, gradient="exact")
     assert [r.eps for r in rows] == EPS[norm]
     assert acc[0] >= 0.9  # the clean accuracy of a good model
-    assert all(b <= a for a, b in zip(acc, acc[1:], strict=False)), acc  # never increases
+    assert all(b <= a + NOISE for a, b in zip(acc, acc[1:], strict=False)), acc  # no rise
     assert acc[2] < acc[0] - 0.05  # a real drop at a moderate eps (8/255 or 1.0 in L2)
     assert acc[-1] <= 0.05  # near zero at a large eps (0.25 L-inf, 4.0 L2)
 
@@ -59,7 +66,7 @@ def test_pgd_is_stronger_than_fgsm(target, test_subset):
     rows = evaluate(target, x, y, _config("linf", attacks=["fgsm", "pgd"], steps=10))
     fgsm = accuracies(rows, attack="fgsm")
     pgd_ = accuracies(rows, attack="pgd")
-    assert all(p <= f for f, p in zip(fgsm, pgd_, strict=True)), (fgsm, pgd_)
+    assert all(p <= f + NOISE for f, p in zip(fgsm, pgd_, strict=True)), (fgsm, pgd_)
 
 
 def test_eps_zero_is_exactly_the_clean_accuracy(target, test_subset, monkeypatch):

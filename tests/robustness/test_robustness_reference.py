@@ -1,7 +1,7 @@
-"""The reference attacks through the evaluation engine, on the trained Digits CNN: APGD-CE is at
-least as strong as PGD-10, AutoAttack at least as strong as each of its members, the worst
-case at least as strong as every cell it covers, and the masking verdict tells a deliberately
-masked model from the plain one. Bad settings fail before any work."""
+"""The reference attacks through the evaluation engine, on the trained Digits CNN: APGD-CE is as
+strong as PGD-10 (within a measured margin), AutoAttack at least as strong as each of its
+members, the worst case at least as strong as every cell it covers, and the masking verdict
+tells a deliberately masked model from the plain one. Bad settings fail before any work."""
 
 from __future__ import annotations
 
@@ -32,16 +32,28 @@ def _value(rows, attack, gradient, eps, norm="linf"):
     return value
 
 
-def test_apgd_ce_under_exact_is_at_most_pgd10(target, test_subset):
+# APGD-CE may leave a few more images than PGD-10: at 10 steps the two are about equally strong
+# here, and which of them wins an image near the boundary turns on float rounding (one CPU gave
+# 0.75 against 0.734375 at 8/255: one image). Measured outside the suite over 35 runs (models
+# trained from seeds 0-4 x the 7 windows of 64 test images, suite seed = window):
+# APGD minus PGD-10 at 2, 4, 8/255 ranged -2/64 to +2/64, so the margin is 4/64; the drop of
+# APGD-CE at 8/255 below clean was 11/64 to 23/64 (0.17 to 0.36), so the floor is 0.1.
+APGD_OVER_PGD10 = 4 / 64
+
+
+def test_apgd_ce_under_exact_is_as_strong_as_pgd10(target, test_subset):
     x, y = test_subset
     result = _run(target, x, y, attacks=["pgd", "apgd-ce"], gradients=["exact"], eps=EPS, steps=10)
     rows = result.rows
     attacked = [e for e in EPS if e > 0]
+    clean = _value(rows, "pgd", "exact", 0.0)
     pgd = [_value(rows, "pgd", "exact", e) for e in attacked]
     apgd = [_value(rows, "apgd-ce", "exact", e) for e in attacked]
     assert pgd[-1] < 0.9, f"PGD-10 at 8/255 leaves {pgd[-1]}: the attack does nothing here"
+    # a working APGD: well below the clean accuracy, and not weaker than PGD-10 beyond noise
+    assert apgd[-1] <= clean - 0.1, f"APGD-CE at 8/255 leaves {apgd[-1]} of clean {clean}"
     for e, p, a in zip(attacked, pgd, apgd, strict=True):
-        assert a <= p, f"eps={e:.4f}: APGD-CE {a} above PGD-10 {p}"
+        assert a <= p + APGD_OVER_PGD10, f"eps={e:.4f}: APGD-CE {a} above PGD-10 {p} + 4/64"
 
 
 def test_autoattack_is_at_most_every_member_and_the_worst_at_most_every_row(target, test_subset):
@@ -166,7 +178,9 @@ def test_a_targeted_attack_on_two_classes_fails_before_any_work(make_target, tes
 
 def test_margin_loss_pgd_breaks_the_model(target, test_subset):
     """PGD on the margin loss is a working attack through the engine, as strong as on the
-    cross-entropy within two standard errors (n = 64)."""
+    cross-entropy within two standard errors (n = 64). Measured over 35 runs (models from
+    seeds 0-4 x 7 windows of 64 test images): margin minus CE -2/64 to +2/64; the drop below
+    clean 11/64 to 22/64 (0.17 to 0.34), so the floor is 0.1."""
     x, y = test_subset
     eps = [0.0, 8 / 255]
     ce = _run(target, x, y, attacks=["pgd"], gradients=["exact"], eps=eps).rows
@@ -174,4 +188,4 @@ def test_margin_loss_pgd_breaks_the_model(target, test_subset):
     clean = _value(ce, "pgd", "exact", 0.0)
     value = _value(margin, "pgd", "exact", 8 / 255)
     assert value <= _value(ce, "pgd", "exact", 8 / 255) + 2 * 0.5 / 8
-    assert value < clean - 0.15  # measured 0.73 vs clean 0.98
+    assert value < clean - 0.1
