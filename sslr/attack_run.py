@@ -17,6 +17,7 @@ The former hashing options (``--hashing.*``) are refused with one line naming th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -34,6 +35,7 @@ from sslr.masking import format_verdict, verdict
 from sslr.results import RobustnessRow, format_table
 from sslr.robustness import SuiteConfig, SuiteResult, prepare_suite, run_suite
 from sslr.robustness.config import RENAMED
+from sslr.robustness.shards import SINGLE, BatchStore, Shard
 from sslr.robustness.suite import check_suite
 
 
@@ -130,10 +132,16 @@ def attack_checkpoint(
     weights_only: bool = True,
     say: Callable[[str], None] = print,
     result: SuiteResult | None = None,
+    shard: Shard = SINGLE,
 ) -> list[RobustnessRow]:
     """Attack the checkpoint ``ckpt_path`` with ``model``'s architecture: load it, run the
     suite on ``datamodule``'s test split, write the results (see the module docstring), log
-    them to ``loggers`` and print their table through ``say``. Returns the rows."""
+    them to ``loggers`` and print their table through ``say``. Returns the rows.
+
+    ``shard``: this process's share when several run the attack (``sslr attack
+    --trainer.strategy ddp``): every process attacks its batches, rank 0 alone holds the
+    folder's lock, writes the files and logs. Finished batches are kept in the folder
+    (``.batches/``) until the attack ends, so the same command after a kill resumes."""
     config = config or SuiteConfig()
     load_weights(model, ckpt_path, weights_only=weights_only)
     if device is not None:
@@ -145,19 +153,32 @@ def attack_checkpoint(
     if config.wants_transfer and config.surrogate_ckpt is not None:
         surrogate = load_surrogate(model, config.surrogate_ckpt, device or "cpu")
         check_attack(model, config, surrogate)  # its class count too
+    failure: Exception | None = None
     try:  # the data and each attack's targets, still before any folder or lock exists
-        prepared = prepare_suite(model, datamodule, config, surrogate)
+        prepared = prepare_suite(model, datamodule, config, surrogate, shard=shard)
     except ValueError as err:
-        raise UserError(str(err)) from None
+        failure = UserError(str(err))
+    except Exception as err:  # said to the other processes before it stops this one
+        failure = err
     settings = resolved_settings(config, task, ckpt_path)
     if out_dir is not None:
         folder = Path(out_dir)
     else:
         folder = attack_folder(Path(run_dir or Path(ckpt_path).parent), ckpt_path, settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    say(f"sslr attack: {ckpt_path} (rule {model.rule}, {task}) -> {folder}")
+    identity = json.dumps({**settings, "sha256": _sha256(ckpt_path)}, sort_keys=True)
     result = result if result is not None else SuiteResult()
-    with FolderLock(folder, "attack"):
+    with contextlib.ExitStack() as held:
+        try:  # rank 0 makes the folder, takes its lock and opens the batch store
+            if shard.rank == 0 and failure is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                held.enter_context(FolderLock(folder, "attack"))
+                BatchStore(folder / BATCHES, identity)
+        except Exception as err:
+            failure = err
+        # Every process waits for rank 0 here, and stops with one line if any has failed.
+        shard.merge(failure if failure is not None else {})
+        store = BatchStore(folder / BATCHES, identity, create=False)
+        say(f"sslr attack: {ckpt_path} (rule {model.rule}, {task}) -> {folder}")
         rows = run_suite(
             model,
             datamodule,
@@ -168,13 +189,28 @@ def attack_checkpoint(
             progress=say,
             result=result,
             prepared=prepared,
+            shard=shard,
+            store=store,
         )
         checks = verdict(rows, degenerate_share=result.degenerate_share)
-        write_masking(checks, folder / MASKING_CSV)
-        atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
+        if shard.rank == 0:
+            write_masking(checks, folder / MASKING_CSV)
+            atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
+            store.remove()  # finished: the results are in the folder's files
     say(format_table(rows))
     say(format_verdict(checks))
     return rows
+
+
+BATCHES = ".batches"  # the attack's finished batches, until it ends (sslr.robustness.shards)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 MASKING_CSV = "masking.csv"

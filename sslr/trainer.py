@@ -6,12 +6,14 @@ from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities import rank_zero_info
 
 from sslr import checkpoints
 from sslr.attack_run import RetiredHashingOptions, attack_checkpoint, load_weights
 from sslr.errors import UserError
 from sslr.robustness import SuiteConfig
+from sslr.robustness.shards import Shard
 
 
 class SslrTrainer(Trainer):
@@ -61,17 +63,32 @@ class SslrTrainer(Trainer):
                 "sslr attack needs --ckpt_path: the checkpoint to evaluate "
                 "(runs/<name>/version_<k>/checkpoints/best.ckpt)"
             )
+        # Through Lightning's launcher, as fit and test: under DDP (``--trainer.devices N
+        # --trainer.strategy ddp``, torchrun, srun) every process runs the attack on its share.
+        return call._call_and_handle_interrupt(
+            self, self._attack_impl, model, datamodule, ckpt_path, suite or SuiteConfig(), out_dir
+        )
+
+    def _attack_impl(self, model, datamodule, ckpt_path, suite, out_dir) -> list:
+        self.strategy.setup_environment()  # the process group, this process's device
+        shard = Shard(self.global_rank, self.world_size)
+        devices = shard.gather(str(self.strategy.root_device))
+        if shard.world_size > 1:
+            rank_zero_info(
+                f"sslr attack: {shard.world_size} processes share the work, on "
+                f"{', '.join(devices)} ({self.num_nodes} node{'s' * (self.num_nodes > 1)})"
+            )
         return attack_checkpoint(
             model,
             datamodule,
             ckpt_path,
-            suite or SuiteConfig(),
+            suite,
             device=self.strategy.root_device,
             loggers=self.loggers,
             run_dir=run_folder(ckpt_path),
             out_dir=out_dir,
-            weights_only=bool(weights_only),
             say=rank_zero_info,
+            shard=shard,
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -18,6 +19,7 @@ from sslr.robustness import (
     run_suite,
     write_csv,
 )
+from sslr.robustness.shards import Shard
 
 
 class RobustnessEvaluation(Callback):
@@ -29,8 +31,10 @@ class RobustnessEvaluation(Callback):
 
     Attacks run in ``torch.inference_mode(False)`` with gradients on (Lightning tests under
     inference mode), in eval mode, and leave the model exactly as they found it: training
-    flags, parameters, ``.grad``, buffers and global random states. They run on global rank 0
-    only. ``sslr attack`` is the full evaluation of a checkpoint; this is the monitor.
+    flags, parameters, ``.grad``, buffers and global random states. Under DDP every rank
+    attacks its share of the subset's batches (:mod:`sslr.robustness.shards`: the numbers of a
+    single process) and global rank 0 writes and logs. ``sslr attack`` is the full evaluation of
+    a checkpoint; this is the monitor.
 
     Args:
         suite: the attacks, epsilons and gradient sources (default: the ``SuiteConfig``
@@ -93,19 +97,27 @@ class RobustnessEvaluation(Callback):
     # --- work --------------------------------------------------------------------------------
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, stage: str, loaders) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
         if loaders is None or (isinstance(loaders, (list, tuple)) and not loaders):
             split = "validation" if stage == "fit" else "test"
             rank_zero_warn(f"RobustnessEvaluation: no {split} data at the end of {stage}; skipped")
             return
         surrogate = self._load_surrogate(pl_module)
+        shard = Shard(trainer.global_rank, trainer.world_size)
+        if shard.world_size > 1:  # every rank reads the whole split, not its sampler's share
+            loaders = _whole(loaders)
         # The model is in training mode during fit: attacked in eval mode, put back after.
-        rows = run_suite(pl_module, loaders, self.suite, surrogate=surrogate, warn_train_mode=False)
+        rows = run_suite(
+            pl_module, loaders, self.suite, surrogate=surrogate, warn_train_mode=False, shard=shard
+        )
+        log_dir = trainer.log_dir  # under DDP a broadcast from rank 0: every rank asks
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         png = None
         if self.save_files:
-            out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "robustness"
+            out_dir = Path(log_dir or trainer.default_root_dir) / "robustness"
             out_dir.mkdir(parents=True, exist_ok=True)
             write_csv(rows, out_dir / f"{stage}_step={step}.csv")
             png = plot_curves(
@@ -125,3 +137,19 @@ class RobustnessEvaluation(Callback):
 
             self._surrogate = load_surrogate(pl_module, self.suite.surrogate_ckpt, pl_module.device)
         return self._surrogate if wants else None
+
+
+def _whole(loaders):
+    """Lightning's loaders under DDP read each rank's share (a DistributedSampler, padded with
+    duplicates): the same data in order, whole, for the engine to deal out itself."""
+    from torch.utils.data import DataLoader
+
+    def whole(loader):
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+            return loader
+        return DataLoader(dataset, batch_size=loader.batch_size or 1, shuffle=False)
+
+    if isinstance(loaders, (list, tuple)):
+        return [whole(loader) for loader in loaders]
+    return whole(loaders)

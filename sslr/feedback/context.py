@@ -29,7 +29,7 @@ def exact_gradients(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def resampling(model: nn.Module) -> Iterator[nn.Module]:
+def resampling(model: nn.Module, start: int = 0) -> Iterator[nn.Module]:
     """Within the block, brsf layers draw a fresh B at every forward, eval mode included.
 
     The paper's threat model for attacks on brSF (the feedback is redrawn at every forward),
@@ -38,12 +38,14 @@ def resampling(model: nn.Module) -> Iterator[nn.Module]:
     current draw counter and the forward's index within the block, so an evaluation is
     reproducible and leaves the training sequence untouched. Training-mode forwards keep
     advancing the training counter as always. Restored on exit, exceptions included.
-    Under torch.compile these draws run eagerly (a graph break per brsf layer).
+    Under torch.compile these draws run eagerly (a graph break per brsf layer). ``start``: the
+    first forward's index (an attack's batch k counts from its own start, so its draws do not
+    depend on the batches before it).
     """
     layers = [layer for _, layer in feedback_layers(model)]
     saved = [layer._resample_count for layer in layers]
     for layer in layers:
-        layer._resample_count = 0
+        layer._resample_count = int(start)
     try:
         yield model
     finally:

@@ -18,13 +18,15 @@ from sslr.robustness.config import GradientSource
 from sslr.robustness.target import AttackTarget
 
 
-def gradient_context(network: nn.Module, source: GradientSource) -> AbstractContextManager:
+def gradient_context(
+    network: nn.Module, source: GradientSource, draw_start: int = 0
+) -> AbstractContextManager:
     """The context a backward pass of ``source`` runs in.
 
     ``rule`` and ``eot`` run under ``resampling``: brsf layers draw a fresh B at every forward,
     eval mode included (the paper's threat model; a no-op for the other rules). ``exact`` runs
     under ``exact_gradients`` (B = W). ``none`` (query attacks) and a network without feedback
-    layers need neither.
+    layers need neither. ``draw_start``: the index of the first forward's brsf draw.
     """
     if source is GradientSource.TRANSFER:
         raise ValueError("Gradient source 'transfer' is the surrogate's 'rule' gradient")
@@ -32,7 +34,7 @@ def gradient_context(network: nn.Module, source: GradientSource) -> AbstractCont
         return nullcontext()
     if source is GradientSource.EXACT:
         return exact_gradients(network)
-    return resampling(network)
+    return resampling(network, start=draw_start)
 
 
 class _DeviceStandardisation(StandardisationMeanStdPyTorch):
@@ -116,6 +118,7 @@ class GradientSourceClassifier(PyTorchClassifier):
         self.gradient_count = torch.zeros((), dtype=torch.long, device=device)
         self.degenerate_count = torch.zeros((), dtype=torch.long, device=device)
         self.transfer = False  # crafted on a surrogate (set by the engine)
+        self.draw_start = 0  # the first brsf draw's index once entered (set per batch)
         self._codes = labels == "codes"
         if self._codes:  # ART set these for its CrossEntropyLoss; code targets reduce nothing
             self._reduce_labels = self._int_labels = self._probability_labels = False
@@ -124,7 +127,9 @@ class GradientSourceClassifier(PyTorchClassifier):
         if self._stack is not None:
             raise RuntimeError("GradientSourceClassifier is already entered")
         self._stack = ExitStack()
-        self._stack.enter_context(gradient_context(self.target.network, self.source))
+        self._stack.enter_context(
+            gradient_context(self.target.network, self.source, self.draw_start)
+        )
         return self
 
     def __exit__(self, *exc) -> None:

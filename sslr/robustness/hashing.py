@@ -239,15 +239,26 @@ def _multi_hot(labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_loader(target: HashingTarget, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_loader(target: HashingTarget, loader, shard=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean codes (N, K) of every image of ``loader`` and their labels (N, C), on the CPU
-    (the database: encoded once per suite)."""
-    codes, labels = [], []
-    for x, y in loader:
-        codes.append(target.encode(x.to(target.device).float()).cpu())
-        labels.append(y.cpu())
-    if not codes:
+    (the database: encoded once per suite). ``shard`` (:class:`~sslr.robustness.shards.Shard`):
+    this process encodes its share of the loader's batches, and every process gets them all,
+    in order (the codes of a single process)."""
+    from sslr.robustness.shards import SINGLE
+
+    shard = shard or SINGLE
+    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    failure = None
+    try:
+        for k, (x, y) in enumerate(loader):
+            if shard.owns(k):
+                done[k] = (target.encode(x.to(target.device).float()).cpu(), y.cpu())
+    except Exception as err:  # every process stops, not only this one
+        failure = err
+    parts = shard.merge(failure if failure is not None else done)
+    if not parts:
         raise ValueError("The database split is empty")
+    codes, labels = zip(*(parts[k] for k in sorted(parts)), strict=True)
     return torch.cat(codes), _multi_hot(torch.cat(labels))
 
 
@@ -373,10 +384,10 @@ class HashingEvaluation:
         return average_precisions(outcomes.cpu(), db_codes, context["relevance"], db_labels)
 
 
-def hashing_evaluation(target, data, config, surrogate=None) -> HashingEvaluation:
-    """Encode the database once (clean) and draw the fixed, seeded query subset: from a
-    hashing DataModule (``test_dataloader()`` = ``[queries, database]``) or from such a pair
-    of loaders (the validation split during fit)."""
+def hashing_evaluation(target, data, config, surrogate=None, shard=None) -> HashingEvaluation:
+    """Encode the database once (clean; shared among the processes of ``shard``) and draw the
+    fixed, seeded query subset: from a hashing DataModule (``test_dataloader()`` = ``[queries,
+    database]``) or from such a pair of loaders (the validation split during fit)."""
     from sslr.robustness.guard import attack_mode
 
     if hasattr(data, "test_dataloader") and hasattr(data, "setup"):
@@ -393,7 +404,7 @@ def hashing_evaluation(target, data, config, surrogate=None) -> HashingEvaluatio
     query_loader, db_loader = loaders
     queries = select_queries(query_loader, config.n_samples, config.seed)
     with attack_mode(target.network, warn_train_mode=False):
-        database = encode_loader(target, db_loader)
+        database = encode_loader(target, db_loader, shard)
     return HashingEvaluation(
         target, surrogate, queries, database, database_images=_database_images(db_loader)
     )

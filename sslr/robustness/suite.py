@@ -36,6 +36,14 @@ from sslr.robustness.hashing import HashingTarget, as_hashing_target, hashing_ev
 from sslr.robustness.outputs import log_rows, plot_curves, write_csv
 from sslr.robustness.registry import AttackSpec, get_attack
 from sslr.robustness.results import RobustnessRow
+from sslr.robustness.shards import (
+    DRAW_STRIDE,
+    SINGLE,
+    BatchStore,
+    Shard,
+    batch_seed,
+    cell_key,
+)
 from sslr.robustness.subset import select_subset
 from sslr.robustness.target import AttackTarget, as_target
 
@@ -154,11 +162,18 @@ def cell_outcomes(
     config: SuiteConfig,
     beat: Callable[[int, int], None] = lambda batch, batches: None,
     counts: dict | None = None,
+    shard: Shard = SINGLE,
+    store: BatchStore | None = None,
 ) -> dict[str, torch.Tensor]:
     """The per-image outcomes of one cell by row name: ``{spec.name: outcomes}``; for an
     ensemble (AutoAttack) also one entry per member (``autoattack/apgd-ce``, ...), the
     ensemble's being the images every member left correct. ``counts`` (a dict) receives the
-    input gradients seen and those all zero or not finite (``gradients``, ``degenerate``)."""
+    input gradients seen and those all zero or not finite (``gradients``, ``degenerate``).
+
+    The subset runs in batches of ``config.batch_size``, batch k seeded from (seed, k) alone
+    (:func:`~sslr.robustness.shards.batch_seed`); ``shard`` runs this process's batches and
+    gathers the others' (:mod:`sslr.robustness.shards`), ``store`` keeps finished batches and
+    gives back those a previous, interrupted run finished."""
     if eps <= 0:
         raise ValueError("eps must be > 0 here: eps = 0 is the clean score")
     if spec.white_box == (gradient is GradientSource.NONE):
@@ -170,54 +185,97 @@ def cell_outcomes(
         source, crafted_on = GradientSource.RULE, evaluation.surrogate
     else:
         source, crafted_on = gradient, target
-    x = evaluation.x
-    device, crafting = target.device, crafted_on.device
     provider = GradientSourceClassifier(
         evaluation.view(crafted_on),
-        x.shape[1:],
+        evaluation.x.shape[1:],
         source=source,
         eot_samples=config.eot_samples,
         loss=evaluation.loss(spec),
         labels=evaluation.labels,
     )
     provider.transfer = gradient is GradientSource.TRANSFER
-    goals = context["goals"][id(crafted_on)]
     networks = {id(m.network): m.network for m in (target, crafted_on)}.values()
-    outcomes: dict[str, list[torch.Tensor]] = {}
-    excess = torch.full((), -1.0, device=device)
-    batches = -(-x.shape[0] // config.batch_size)
-    # One gradient context for the whole cell: brsf's draws go on from step to step.
-    with attack_mode(*networks, warn_train_mode=False), provider:
-        generator = torch.Generator(device=crafting).manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)  # ART's Square and random start draw from NumPy
-        for k, i in enumerate(range(0, x.shape[0], config.batch_size)):
-            index = slice(i, i + config.batch_size)
-            xb, yb = x[index].to(crafting), goals[index].to(crafting)
-            adv = spec.run(
-                provider, xb, yb, eps=eps, norm=norm, settings=config, generator=generator
-            )
-            advs = adv if isinstance(adv, dict) else {spec.name: adv}
-            xb = xb.to(device)
-            for name, example in advs.items():
-                example = example.to(device)
-                excess = torch.maximum(excess, bound_excess(xb, example, eps, norm))
-                outcomes.setdefault(name, []).append(evaluation.outcome(example, index))
-            beat(k + 1, batches)
+    goals = context["goals"][id(crafted_on)]
+    key = cell_key(spec.name, norm.value, gradient.value, eps)
+    n = evaluation.x.shape[0]
+    batches = -(-n // config.batch_size)
+    done: dict[int, dict] = {}
+    failure: Exception | None = None
+    with attack_mode(*networks, warn_train_mode=False):
+        try:
+            for k in range(batches):
+                if not shard.owns(k):
+                    continue
+                record = store.get(key, k) if store is not None else None
+                if record is None:
+                    record = _attack_batch(
+                        evaluation, spec, goals, crafted_on, provider, k, eps, norm, config
+                    )
+                    if store is not None:
+                        store.put(key, k, record)
+                done[k] = record
+                beat(k + 1, batches)
+        except Exception as err:  # said by every process, not only this one (see Shard.merge)
+            failure = err
+    records = shard.merge(failure if failure is not None else done)
+    records = [records[k] for k in range(batches)]
     what = f"{spec.name} ({norm.value}, eps={eps:.4g}, gradient={gradient.value})"
-    check_bounds(excess, what)
-    if int(provider.nan_count):
+    check_bounds(max(r["excess"] for r in records), what)
+    nan = sum(r["nan"] for r in records)
+    if nan:
         warnings.warn(
-            f"{what}: {int(provider.nan_count)} NaN input-gradient entries were treated as 0",
+            f"{what}: {nan} NaN input-gradient entries were treated as 0",
             RuntimeWarning,
             stacklevel=2,
         )
     if counts is not None and not provider.transfer:
-        counts["gradients"] = counts.get("gradients", 0) + int(provider.gradient_count)
-        counts["degenerate"] = counts.get("degenerate", 0) + int(provider.degenerate_count)
-    done = {name: torch.cat(parts) for name, parts in outcomes.items()}
+        counts["gradients"] = counts.get("gradients", 0) + sum(r["gradients"] for r in records)
+        counts["degenerate"] = counts.get("degenerate", 0) + sum(r["degenerate"] for r in records)
+    device = target.device
+    names = records[0]["outcomes"].keys()
+    outcomes = {
+        name: torch.cat([r["outcomes"][name] for r in records]).to(device) for name in names
+    }
     if spec.ensemble:
-        done[spec.name] = _robust_everywhere(list(done.values()))
-    return done
+        outcomes[spec.name] = _robust_everywhere(list(outcomes.values()))
+    return outcomes
+
+
+def _attack_batch(evaluation, spec, goals, crafted_on, provider, k, eps, norm, config) -> dict:
+    """Batch ``k`` of a cell, crafted on ``crafted_on`` towards ``goals``: its outcomes per row
+    name (on the CPU), its largest bound excess, and the NaN and gradient counts it added;
+    seeded from (seed, k) alone."""
+    target, crafting = evaluation.target, crafted_on.device
+    index = slice(k * config.batch_size, (k + 1) * config.batch_size)
+    seed = batch_seed(config.seed, k)
+    generator = torch.Generator(device=crafting).manual_seed(seed)
+    np.random.seed(seed % 2**32)  # ART's Square and random start draw from NumPy
+    before = [
+        int(c) for c in (provider.nan_count, provider.gradient_count, provider.degenerate_count)
+    ]
+    provider.draw_start = k * DRAW_STRIDE
+    xb, yb = evaluation.x[index].to(crafting), goals[index].to(crafting)
+    with provider:
+        adv = spec.run(provider, xb, yb, eps=eps, norm=norm, settings=config, generator=generator)
+    advs = adv if isinstance(adv, dict) else {spec.name: adv}
+    xb = xb.to(target.device)
+    excess = torch.full((), -1.0, device=target.device)
+    outcomes = {}
+    for name, example in advs.items():
+        example = example.to(target.device)
+        excess = torch.maximum(excess, bound_excess(xb, example, eps, norm))
+        outcomes[name] = evaluation.outcome(example, index).cpu()
+    after = [
+        int(c) for c in (provider.nan_count, provider.gradient_count, provider.degenerate_count)
+    ]
+    nan, gradients, degenerate = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "outcomes": outcomes,
+        "excess": float(excess),
+        "nan": nan,
+        "gradients": gradients,
+        "degenerate": degenerate,
+    }
 
 
 WORST = "worst"
@@ -297,12 +355,15 @@ def run_cells(
     warn_train_mode: bool = True,
     progress: Callable[[str], None] | None = None,
     contexts: dict | None = None,
+    shard: Shard = SINGLE,
+    store: BatchStore | None = None,
 ) -> SuiteResult:
     """Every cell of ``config`` on ``evaluation`` (a task's evaluation), in the order attack,
     norm, gradient source, epsilon, then the ``worst`` rows. eps = 0 is not
     attacked: its rows hold the clean score of the same images. ``eot`` is skipped (with a
     warning) for a target without brsf layers, where it equals ``rule``. ``contexts``: those
-    of :func:`begin_attacks`, when already made."""
+    of :func:`begin_attacks`, when already made. ``shard`` and ``store``: see
+    :func:`cell_outcomes` (every process returns the whole result)."""
     target = evaluation.target
     specs = [get_attack(name) for name in config.attacks_for(evaluation.task)]
     check_surrogate(config, specs, evaluation.surrogate)
@@ -346,6 +407,8 @@ def run_cells(
                     config=config,
                     beat=lambda b, nb, what=what: meter.beat(what, b, nb),
                     counts=counts,
+                    shard=shard,
+                    store=store,
                 )
             metric = evaluation.metric(spec)
             for name, per_image in outcomes.items():
@@ -481,14 +544,15 @@ def _is_hashing(model) -> bool:
     return hparams is not None and "bits" in hparams
 
 
-def suite_evaluation(target, data, config: SuiteConfig, surrogate=None):
+def suite_evaluation(target, data, config: SuiteConfig, surrogate=None, shard: Shard = SINGLE):
     """The task evaluation of ``target`` (a classifier or hashing model, task or target) on
-    the fixed, seeded subset of ``data``'s test split."""
+    the fixed, seeded subset of ``data``'s test split (hashing: the database encoded by the
+    processes of ``shard`` together)."""
     check_suite(config, target, surrogate)
     if _is_hashing(target):
         target = as_hashing_target(target)
         surrogate = None if surrogate is None else as_hashing_target(surrogate)
-        return hashing_evaluation(target, data, config, surrogate)
+        return hashing_evaluation(target, data, config, surrogate, shard)
     x, y = select_subset(data, config.n_samples, config.seed)
     return classification_evaluation(target, x, y, config, surrogate)
 
@@ -503,13 +567,19 @@ class PreparedSuite:
 
 
 def prepare_suite(
-    target, data, config: SuiteConfig, surrogate=None, *, warn_train_mode: bool = True
+    target,
+    data,
+    config: SuiteConfig,
+    surrogate=None,
+    *,
+    warn_train_mode: bool = True,
+    shard: Shard = SINGLE,
 ) -> PreparedSuite:
     """Everything of a suite that can refuse it, before any attack runs: the settings
     (:func:`check_suite`), the data (an empty split, a dataset not found) and each attack's
     targets. A caller that makes a folder for the results prepares first, so that a refused
     suite leaves nothing behind; :func:`run_suite` takes the result as ``prepared``."""
-    evaluation = suite_evaluation(target, data, config, surrogate)
+    evaluation = suite_evaluation(target, data, config, surrogate, shard)
     contexts = begin_attacks(evaluation, config, warn_train_mode=warn_train_mode)
     return PreparedSuite(evaluation, contexts)
 
@@ -527,6 +597,8 @@ def run_suite(
     progress: Callable[[str], None] | None = None,
     result: SuiteResult | None = None,
     prepared: PreparedSuite | None = None,
+    shard: Shard = SINGLE,
+    store: BatchStore | None = None,
 ) -> list[RobustnessRow]:
     """What ``sslr attack`` runs: the suite on the fixed, seeded subset of ``data`` (a Dataset,
     DataLoader or DataModule, its test split; hashing: a hashing DataModule, whose test
@@ -537,22 +609,30 @@ def run_suite(
     ``transfer`` surrogate is ``surrogate`` (a model of the same task, loaded by the caller).
     Bad settings raise ``ValueError`` before any attack runs. ``result``, when given, receives
     the per-image outcomes. ``prepared``: the suite's :func:`prepare_suite`, already made
-    (then ``surrogate`` is the one it was prepared with).
+    (then ``surrogate`` is the one it was prepared with). ``shard``: this process's share of
+    the work when several run it (:mod:`sslr.robustness.shards`); only rank 0 writes files and
+    logs. ``store``: finished batches kept for a rerun after an interruption.
     """
     config = config or SuiteConfig()
     if prepared is None:
-        prepared = prepare_suite(target, data, config, surrogate, warn_train_mode=warn_train_mode)
+        prepared = prepare_suite(
+            target, data, config, surrogate, warn_train_mode=warn_train_mode, shard=shard
+        )
     done = run_cells(
         prepared.evaluation,
         config,
         warn_train_mode=warn_train_mode,
         progress=progress,
         contexts=prepared.contexts,
+        shard=shard,
+        store=store,
     )
     if result is not None:
         result.rows[:], result.per_image = done.rows, done.per_image
         result.gradients, result.degenerate = done.gradients, done.degenerate
     rows = done.rows
+    if shard.rank != 0:  # every process holds the rows; one writes and logs them
+        return rows
     png = None
     if out_dir is not None:
         out_dir = Path(out_dir)

@@ -205,9 +205,17 @@ def test_ddp_two_cpu_processes_with_a_rule():
     cmd = [sys.executable, "-m", "sslr", "fit", "--config", QUICK, "--config", DEBUG]
     cmd += ["--model.rule", "usf", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     cmd += ["--trainer.accelerator", "cpu"]
+    # The robustness monitor at the end of fit: every rank attacks its share of the batches.
+    cmd += ["--trainer.callbacks+=RobustnessEvaluation", "--trainer.callbacks.suite.n_samples=12"]
+    cmd += ["--trainer.callbacks.suite.batch_size=4", "--trainer.callbacks.suite.attacks=[fgsm]"]
+    cmd += ["--trainer.callbacks.suite.gradients=[exact]"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run_dir("resnet18_usf") / "checkpoints" / "last.ckpt").is_file()
+    (written,) = (run_dir("resnet18_usf") / "robustness").glob("fit_step=*.csv")
+    with open(written) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["n"] == "12" for r in rows)  # the whole subset once, not a shard
 
 
 def test_attack_subcommand_on_a_fitted_run(bp_digits_run, capsys):
@@ -279,6 +287,37 @@ def test_an_attack_on_a_loose_checkpoint_writes_only_into_the_folder_it_prints(
     # Every file of the folder has the mode of Lightning's metrics.csv (the umask's).
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if not p.name[0] == "."}
     assert set(modes.values()) == {modes["metrics.csv"]}, modes
+
+
+def test_an_attack_on_two_processes_writes_the_files_of_one(bp_digits_run, tmp_path):
+    """`sslr attack --trainer.devices 2 --trainer.strategy ddp` (gloo on the CPU): both
+    processes attack their batches, rank 0 writes the same files as a single process."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    best = str(bp_digits_run / "checkpoints" / "best.ckpt")
+    cmd = [sys.executable, "-m", "sslr", "attack", "--config", str(bp_digits_run / "config.yaml")]
+    cmd += ["--ckpt_path", best, "--suite.attacks", "[fgsm, pgd, square]", "--suite.queries", "20"]
+    cmd += ["--suite.gradients", "[rule, exact, transfer]", "--suite.surrogate_ckpt", best]
+    cmd += ["--suite.n_samples", "20", "--suite.batch_size", "4", "--suite.steps", "2"]
+    cmd += ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    outs = {}
+    for devices in (1, 2):
+        folder = tmp_path / f"devices_{devices}"
+        extra = ["--trainer.devices", str(devices), "--out_dir", str(folder)]
+        extra += ["--trainer.strategy", "ddp"] if devices > 1 else []
+        out = subprocess.run(
+            [*cmd, *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        outs[devices] = out.stdout + out.stderr
+    assert "2 processes share the work, on cpu, cpu" in outs[2]
+    for name in ("robustness.csv", "masking.csv", "suite.yaml"):
+        one = (tmp_path / "devices_1" / name).read_bytes()
+        assert one == (tmp_path / "devices_2" / name).read_bytes(), name
+    assert not (tmp_path / "devices_2" / ".batches").exists()  # finished: the store is gone
+    rows = list(csv.DictReader(open(tmp_path / "devices_1" / "robustness.csv")))
+    assert {r["n"] for r in rows} == {"20"}  # 5 batches dealt to 2 processes, each image once
+    clean = next(float(r["accuracy"]) for r in rows if float(r["eps"]) == 0)
+    assert min(float(r["accuracy"]) for r in rows) < clean  # the attacks broke some images
 
 
 def test_attack_subcommand_on_a_hashing_run():

@@ -148,6 +148,8 @@ def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_pa
     (folder,) = (run / "attacks").iterdir()
     assert not (folder / "robustness.csv").exists()  # absent, not half-written
     assert not (folder / "robustness.png").exists()
+    kept = sorted(p.parent.name for p in (folder / ".batches").rglob("*.pt"))
+    assert kept and kept[0].startswith("fgsm-")  # the finished cell's batches were kept
 
     again = _sslr(tmp_path, *attack)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -160,6 +162,11 @@ def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_pa
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and r["n"] == "16" for r in rows)
     assert (folder / "suite.yaml").is_file()
     assert [p.name for p in folder.rglob(".*") if p.name != ".sslr.lock"] == []
+    # The resumed attack ends with the files of one never interrupted.
+    straight = _sslr(tmp_path, *attack, "--out_dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    for name in ("robustness.csv", "masking.csv"):
+        assert (folder / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
 GRID = """\

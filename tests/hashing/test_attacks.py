@@ -322,7 +322,8 @@ def test_the_robustness_callback_evaluates_a_hashing_model(trained, tmp_path):
     logged = []
     logger = SimpleNamespace(log_metrics=lambda m, step: logged.append(m), save=lambda: None)
     trainer = SimpleNamespace(
-        is_global_zero=True, sanity_checking=False, global_step=5, log_dir=str(tmp_path),
+        is_global_zero=True, global_rank=0, world_size=1, sanity_checking=False, global_step=5,
+        log_dir=str(tmp_path),
         default_root_dir=str(tmp_path), loggers=[logger],
     )  # fmt: skip
     callback._run(trainer, trained.model, "test", trained.datamodule.test_dataloader())
