@@ -498,15 +498,18 @@ class _CommandFolder:
     def release(self, refused: bool) -> None:
         """Drop the lock; leave nothing of a folder this command made when it was refused (a
         user error: a checkpoint that does not fit, a dataset not found) before it wrote a
-        checkpoint, nor of one it left holding only the lock, nor the empty folders above it
-        that it made. A folder that was there before (a resume, an attack run again) stays."""
+        checkpoint or finished an attack batch, nor of one it left holding only the lock, nor
+        the empty folders above it that it made. A folder that was there before (a resume, an
+        attack run again) stays."""
         if self.lock is not None:
             self.lock.__exit__(None, None, None)
         if not self.folder.is_dir():
             return
         only_lock = [p.name for p in self.folder.iterdir()] in ([], [".sslr.lock"])
         empty = only_lock and (self.made is not None or self.lock is not None)
-        unused = refused and self.made is not None and not any(self.folder.rglob("*.ckpt"))
+        # Work worth keeping: a checkpoint, or an attack's finished batches (a rerun resumes).
+        kept = any(self.folder.rglob("*.ckpt")) or any(self.folder.rglob("*.pt"))
+        unused = refused and self.made is not None and not kept
         if empty or unused:
             shutil.rmtree(self.folder, ignore_errors=True)
             if self.made is not None and self.made != self.folder:
