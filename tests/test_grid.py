@@ -439,3 +439,263 @@ def test_a_hashing_grid_runs_end_to_end(capsys, tmp_path):
         assert all(int(r["n"]) == 16 and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     report = (out / "report.md").read_text()
     assert "t-mAP" in report and "| usf |" in report
+
+
+# --------------------------------------------------------------------------- launchers
+
+TWO_RULES = ("bp", "usf")
+
+
+def two_rule_grid(folder: Path, **extra) -> Path:
+    """The digits debug grid with bp and usf only (its configs by absolute path)."""
+    spec = yaml.safe_load(DEBUG_GRID.read_text())
+    here = DEBUG_GRID.parent
+    spec["base_config"] = str((here / spec["base_config"]).resolve())
+    spec["overlays"] = [
+        str((here / o).resolve()) if isinstance(o, str) else o for o in spec["overlays"]
+    ]
+    path = folder / "two_rules.yaml"
+    path.write_text(yaml.safe_dump({**spec, "rules": list(TWO_RULES), **extra}))
+    return path
+
+
+def report_rows(out: Path, rules=TWO_RULES) -> list[dict]:
+    """report.csv's rows of ``rules``, without the run folder (the grids' folders differ)."""
+    with (out / "report.csv").open() as f:
+        return [
+            {k: v for k, v in r.items() if k != "run_dir"}
+            for r in csv.DictReader(f)
+            if r["rule"] in rules
+        ]
+
+
+@contextlib.contextmanager
+def this_checkout():
+    """The jobs (processes: they inherit the environment) import this checkout's sslr, the one
+    the tests import, whatever the interpreter's site-packages would give from their folder."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory) -> tuple[Path, Path, str]:
+    """The two-rule debug grid through --launcher local --max-parallel 2 (about 1.5 minutes):
+    its grid file, its folder and the submitting command's output."""
+    folder = tmp_path_factory.mktemp("local_grid")
+    path, out = two_rule_grid(folder), folder / "grid"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), this_checkout():
+        args = ["--launcher", "local", "--max-parallel", "2"]
+        code = main(["grid", "--config", str(path), "--out", str(out), *args])
+    assert code == 0, text.getvalue()[-2000:]
+    return path, out, text.getvalue()
+
+
+def test_the_local_launcher_ends_with_the_inline_report(capsys, digits_grid, local_grid):
+    """Each stage its own process, the fine-tunes and then the attacks two at once: the same
+    report.csv values as the inline grid (bp's and usf's rows: the same seeds and budgets)."""
+    inline, _ = digits_grid
+    path, out, said = local_grid
+    assert report_rows(out) == report_rows(inline)
+    stages = progress(said)
+    labels = ["pretrain resnet18/bp", *(f"{s} resnet18/{r}" for s in ("finetune", "attack") for r in TWO_RULES), "report"]  # fmt: skip
+    assert list(stages) == labels
+    for label in labels:  # a job each, its log named; then ran
+        assert re.fullmatch(r"running \(job \d+, log .+_0_log\.err\)", stages[label][0])
+        assert stages[label][-1].startswith("ran in ")
+        record = json.loads(
+            (out / ".grid" / label.replace(" ", "-").replace("/", "-") / "job.json").read_text()
+        )
+        assert record["state"] == "done" and Path(record["stdout"]).is_file()
+    # Independent stages at once: usf's fine-tune started before bp's had finished.
+    lines = [line for line in said.splitlines() if LINE.match(line)]
+    started = lines.index(next(x for x in lines if "finetune resnet18/usf: running" in x))
+    assert started < lines.index(next(x for x in lines if "finetune resnet18/bp: ran" in x))
+    # The attack of usf waited for bp's fine-tune (its transfer surrogate).
+    attack = lines.index(next(x for x in lines if "attack resnet18/usf: running" in x))
+    assert attack > lines.index(next(x for x in lines if "finetune resnet18/bp: ran" in x))
+    assert re.search(r"ETA \d+ s", said)
+
+    # Again: every stage is skipped, no job is submitted, no file written.
+    before = files(out)
+    with this_checkout():
+        code, stages = grid(capsys, "--config", str(path), "--out", str(out), "--launcher", "local")
+    assert code == 0 and len(stages) == 6 and not ran(stages)
+    assert files(out) == before
+    code, _ = grid(capsys, "--config", str(path), "--out", str(out), "--status")
+    status = [line for line in grid.out.splitlines() if line.startswith("sslr grid: ")]
+    assert code == 0 and len(status) == 6 and all(": done " in line for line in status)
+
+
+def test_a_killed_job_resumes_and_a_second_grid_is_refused(capsys, local_grid):
+    """usf's fine-tune interrupted after its last.ckpt: its job, killed (SIGKILL) while it
+    resumes, fails alone with its log named; a second grid meanwhile is refused with one line;
+    --status says failed; sslr grid again resumes it from last.ckpt and rebuilds the report."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sslr.grid.launch import _lock_holder
+
+    path, out, _ = local_grid
+    before = report_rows(out)
+    usf = out / "resnet18" / "usf"
+    (usf / "done.json").unlink()
+    lock = out / ".grid" / "finetune-resnet18-usf"
+    args = ["grid", "--config", str(path), "--out", str(out), "--launcher", "local"]
+    with open("submitter.log", "w") as log, this_checkout():
+        submitter = subprocess.Popen(
+            [sys.executable, "-m", "sslr", *args], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        holder = None
+        for _ in range(1200):  # the job holds its stage's lock while it runs
+            holder = _lock_holder(lock)
+            if holder or submitter.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert holder and holder.startswith("process "), Path("submitter.log").read_text()
+        assert main(args) == 2  # the submitter holds the grid folder
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is in use by" in err[0]
+        os.kill(int(holder.split()[1]), signal.SIGKILL)
+        assert submitter.wait(timeout=120) == 2
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+    said = Path("submitter.log").read_text()
+    errors = [line for line in said.splitlines() if line.startswith("sslr grid: error: ")]
+    assert len(errors) == 1 and "finetune resnet18/usf failed (log: " in errors[0], said
+    assert not (usf / "done.json").exists()
+
+    code, _ = grid(capsys, "--config", str(path), "--out", str(out), "--status")
+    status = dict(line.removeprefix("sslr grid: ").split(": ", 1) for line in grid.out.splitlines())
+    assert code == 0 and status["finetune resnet18/usf"].startswith("failed (log: ")
+    assert status["pretrain resnet18/bp"].startswith("done ")
+    assert status["attack resnet18/usf"].startswith("waiting for finetune resnet18/usf")
+
+    with this_checkout():
+        code, stages = grid(capsys, *args[1:])
+    assert code == 0, grid.err
+    assert ran(stages) == {"finetune resnet18/usf", "report"}  # its checkpoint is the same
+    record = json.loads((lock / "job.json").read_text())
+    assert "finetune resnet18/usf: resuming from last.ckpt" in Path(record["stdout"]).read_text()
+    assert (usf / "done.json").is_file() and report_rows(out) == before
+
+
+SLURM = {
+    "partition": "gpu",
+    "account": "proj42",
+    "array_parallelism": 3,
+    "sbatch": {"qos": "high", "constraint": "a100"},
+    "setup": ["module load cuda/12.4"],
+    "finetune": {"gpus": 1, "cpus": 16, "mem": "64G", "time": 90},
+}
+
+
+def test_slurm_jobs_get_the_grid_files_sbatch_parameters(capsys, monkeypatch, tmp_path):
+    """The sbatch text submitit would submit (its own builder: no cluster here): the grid
+    file's partition, account, resources per kind, array limit and extra lines; a fit on 2
+    devices asks for 2 GPUs and a task per GPU. A dry run lists the jobs and writes nothing."""
+    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+    from sslr.grid import load_grid
+    from sslr.grid.launch import slurm_executor, stage_devices
+    from sslr.grid.stages import GridRun
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun" found
+    finetune = {"epochs": 1, "args": ["--trainer.devices", "2"]}
+    path = two_rule_grid(tmp_path, slurm=SLURM, finetune=finetune)
+    spec = load_grid(path, out=tmp_path / "g")
+    devices = stage_devices(GridRun(spec), "finetune")
+    assert devices == 2 and stage_devices(GridRun(spec), "pretrain") == 1
+    executor = slurm_executor(spec, "finetune", devices, tmp_path / "jobs")
+    text = executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj42",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64G",
+        "#SBATCH --time=90",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --signal=USR2@90",
+        "module load cuda/12.4",
+    ]:
+        assert line in text.splitlines(), (line, text)
+    # The fine-tunes ready together go as one array, at most array_parallelism at once.
+    array = _make_sbatch_string("x", executor.folder, map_count=5, **executor.parameters)
+    assert "#SBATCH --array=0-4%3" in array.splitlines()
+    # The report: the defaults (no GPU), the same partition.
+    report = slurm_executor(spec, "report", 0, tmp_path / "jobs")
+    text = report._make_submission_file_text("x", "uid").splitlines()
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --time=30" in text
+    assert not any("gpus" in line for line in text)
+
+    code = main(["grid", "--config", str(path), "--out", "g", "--launcher", "slurm", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "sslr grid: jobs (--launcher slurm):" in out
+    jobs = [line.strip() for line in out.splitlines() if line.startswith("    ") and "[" in line]
+    assert (
+        "pretrain resnet18/bp [partition gpu, account proj42, 1 GPU, 1 task, 8 CPU per task, "
+        "mem 32G, 240 min]" in jobs
+    )
+    # The attack rebuilds the model with finetune.args: its 2 devices shard the attack.
+    assert (
+        "attack resnet18/usf after finetune resnet18/usf, finetune resnet18/bp [partition gpu, "
+        "account proj42, 2 GPU, 2 task, 4 CPU per task, mem 32G, 240 min]" in jobs
+    )
+    assert any(
+        line.startswith("finetune resnet18/usf after pretrain resnet18/bp [partition gpu, "
+        "account proj42, 2 GPU, 2 task, 8 CPU per task, mem 64G, 90 min]") for line in jobs
+    )  # fmt: skip
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_stage_job_is_requeued_as_itself():
+    """On a time limit or preemption submitit pickles what checkpoint() returns and runs it
+    again: the same stage of the same grid, which then resumes its fit from last.ckpt."""
+    import pickle
+
+    import submitit
+
+    from sslr.grid.launch import StageJob
+
+    job = StageJob("/grids/g.yaml", "/runs/g", "finetune resnet18/usf")
+    again = job.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function == job and again.args == () and again.kwargs == {}
+    assert pickle.loads(pickle.dumps(again.function)) == job
+
+
+@pytest.mark.parametrize(
+    ("args", "slurm", "message"),
+    [
+        (["--launcher", "kubernetes"], None, "unknown launcher 'kubernetes'; known launchers: inline, local, slurm"),
+        (["--launcher", "local", "--max-parallel", "0"], None, "--max-parallel must be at least 1"),
+        (["--launcher", "slurm"], None, "--launcher slurm needs a slurm: section"),
+        (["--launcher", "slurm"], {"partion": "gpu"}, "unknown key 'slurm.partion'; known keys: partition, account"),
+        (["--launcher", "slurm"], {"finetune": {"gpu": 2}}, "unknown key 'slurm.finetune.gpu'; known keys: gpus, cpus, mem, time"),
+        (["--launcher", "slurm"], {"attack": {"time": "1h"}}, "slurm.attack.time must be an integer >= 1"),
+        (["--launcher", "slurm"], {"sbatch": ["--qos=high"]}, "slurm.sbatch must be a mapping"),
+        (["--launcher", "slurm"], {"partition": "gpu"}, "--launcher slurm: sbatch and srun not found"),
+        (["--launcher", "slurm", "--max-parallel", "4"], {}, "--max-parallel is for --launcher local"),
+    ],
+)  # fmt: skip
+def test_bad_launcher_settings_fail_with_one_line(capsys, tmp_path, args, slurm, message):
+    path = two_rule_grid(tmp_path, **({} if slurm is None else {"slurm": slurm}))
+    assert main(["grid", "--config", str(path), "--out", "g", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslr grid: error: "), err
+    assert message in err[0]
+    assert sorted(tmp_path.iterdir()) == [path]  # nothing submitted, nothing written

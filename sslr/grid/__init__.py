@@ -2,6 +2,7 @@
 command.
 
     sslr grid --config configs/grid/digits_debug.yaml [--out DIR] [--dry-run]
+              [--launcher inline|local|slurm] [--max-parallel N] [--status]
 
 For every backbone: BP pretraining once (or torchvision weights instead), fine-tuning with each
 rule from that same checkpoint with the same seed and budget, the attack suite on every
@@ -29,29 +30,26 @@ The grid file's schema is in :mod:`sslr.grid.spec`, the stages and their progres
 (through :func:`sslr.cli.run`, checked first with :func:`sslr.cli.parse`) in
 :mod:`sslr.grid.commands`. A cosine schedule's ``T_max`` follows the stage's epochs. Every
 command is parsed before any stage runs, so a typo fails at once.
+
+``--launcher local`` and ``--launcher slurm`` run each stage as its own submitit job, the
+independent ones at once, and ``--status`` says where each stage is: :mod:`sslr.grid.launch`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from sslr.atomic import FolderLock
 from sslr.errors import UserError
 from sslr.grid.markers import keep_metrics as _keep_metrics  # noqa: F401  (a name tests use)
 from sslr.grid.spec import Grid, GridError, load_grid
-from sslr.grid.stages import GridRun
+from sslr.grid.stages import GridRun, grid_context, say_now
 
-__all__ = ["Grid", "GridError", "GridRun", "load_grid", "main_grid", "run_grid"]
-
-# Noise when the grid reuses its own folders on purpose (a resumed fit, started.json).
-_QUIET = (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .*")
+__all__ = ["Grid", "GridError", "GridRun", "grid_context", "load_grid", "main_grid", "run_grid"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,30 +57,61 @@ class _Parser(argparse.ArgumentParser):
         raise GridError(f"{message} (see sslr grid --help)")
 
 
-def run_grid(grid: Grid, *, dry_run: bool = False, echo=None) -> GridRun:
+def run_grid(
+    grid: Grid,
+    *,
+    dry_run: bool = False,
+    echo=None,
+    launcher: str = "inline",
+    max_parallel: int | None = None,
+    config: Path | None = None,
+):
     """Run (or show) a loaded grid: every command checked first, then its stages under the grid
-    folder's lock, a second grid on the same folder being refused, not merged. Raises GridError
-    or UserError; returns the finished runner (its ``ran`` and ``skipped`` counts)."""
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
-    os.environ.setdefault("WANDB_SILENT", "true")
-    lightning_log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for message in _QUIET:
-                warnings.filterwarnings("ignore", message=message)
+    folder's lock, a second grid on the same folder being refused, not merged; ``launcher``
+    local or slurm: each stage a job (:mod:`sslr.grid.launch`; ``config``, the grid file, is
+    what the jobs read). Raises GridError or UserError; returns the finished runner (its
+    ``ran`` and ``skipped`` counts)."""
+    with grid_context():
+        if launcher == "inline":
             runner = GridRun(grid, dry_run=dry_run, echo=echo)
             runner.commands.check()  # a typo fails here, before the folder is touched
-            lock = contextlib.nullcontext() if dry_run else FolderLock(grid.out, "grid folder")
-            with lock:
+        else:
+            from sslr.grid.launch import Driver
+
+            if config is None:
+                raise GridError(f"--launcher {launcher} needs the grid file its jobs read")
+            runner = Driver(grid, config, launcher, max_parallel, echo or say_now, dry_run)
+            runner.runner.commands.check()
+        lock = contextlib.nullcontext() if dry_run else FolderLock(grid.out, "grid folder")
+        with lock:
+            if launcher == "inline":
                 runner.execute()
-    finally:
-        lightning_log.setLevel(level)
+            elif dry_run:
+                runner.dry_run()
+            else:
+                runner.run()
     return runner
 
 
+def _check_options(args) -> None:
+    from sslr.grid.launch import LAUNCHERS
+
+    if args.launcher not in LAUNCHERS:
+        raise GridError(
+            f"unknown launcher {args.launcher!r}; known launchers: {', '.join(LAUNCHERS)}"
+        )
+    if args.max_parallel is not None:
+        if args.max_parallel < 1:
+            raise GridError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+        if args.launcher != "local":
+            raise GridError("--max-parallel is for --launcher local (slurm: array_parallelism)")
+    if args.status and args.dry_run:
+        raise GridError("--status and --dry-run: give one")
+
+
 def main_grid(argv: list[str] | None = None) -> int:
-    """``sslr grid --config GRID.yaml [--out DIR] [--dry-run]``; returns the exit status."""
+    """``sslr grid --config GRID.yaml [--out DIR] [--dry-run] [--launcher L] [--max-parallel N]
+    [--status]``; returns the exit status."""
     parser = _Parser(
         prog="sslr grid",
         description="The paper's protocol for one dataset and a list of backbones: BP "
@@ -92,12 +121,52 @@ def main_grid(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="the grid file (YAML)")
     parser.add_argument("--out", type=Path, help="the grid's folder (default: the file's out)")
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the stages and commands, run nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the stages, their commands and (with a launcher) the jobs; run nothing",
+    )
+    parser.add_argument(
+        "--launcher",
+        default="inline",
+        help="inline (default: stage after stage in this process), local (each stage a "
+        "process, independent ones at once) or slurm (each stage a job; the grid file's "
+        "slurm: section)",
+    )
+    parser.add_argument(
+        "--max-parallel",
+        type=int,
+        help="--launcher local: jobs at once (default: one per visible GPU, each on its own; "
+        "1 without GPUs: CPU jobs at once share the cores, set OMP_NUM_THREADS to split them)",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="say each stage's state (done, running, queued, failed with its log) and exit",
     )
     began = time.perf_counter()
     try:
         args = parser.parse_args(argv)
-        runner = run_grid(load_grid(args.config, out=args.out), dry_run=args.dry_run)
+        _check_options(args)
+        grid = load_grid(args.config, out=args.out)
+        if args.launcher == "slurm" and grid.slurm is None:
+            raise GridError(
+                f"--launcher slurm needs a slurm: section in {args.config} (partition, "
+                "account, per stage kind gpus, cpus, mem, time; slurm: {} takes the cluster's "
+                "defaults)"
+            )
+        if args.status:
+            from sslr.grid.launch import grid_status
+
+            with grid_context():
+                grid_status(grid, say_now)
+            return 0
+        runner = run_grid(
+            grid,
+            dry_run=args.dry_run,
+            launcher=args.launcher,
+            max_parallel=args.max_parallel,
+            config=args.config,
+        )
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     except (GridError, UserError) as err:

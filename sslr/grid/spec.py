@@ -12,11 +12,25 @@ The grid file (YAML; every key but ``base_config`` and ``backbones`` is optional
     pretrain: {epochs: 10, args: []}  # or {weights: IMAGENET1K_V1} for no BP pretraining
     finetune: {epochs: 5, args: ["--optimizer.lr", "0.01"]}
     attack: {suite: {n_samples: 1000, eps: [0, 4/255, 8/255]}, args: []}
+    slurm:                            # only for --launcher slurm (see below)
+      partition: gpu
+      account: my_project
+      array_parallelism: 8            # at most this many of one kind's jobs run at once
+      sbatch: {qos: high}             # further #SBATCH options (--qos=high)
+      setup: ["module load cuda"]     # shell lines run in the job before the stage
+      finetune: {gpus: 1, cpus: 8, mem: 32G, time: 240}   # per kind; time in minutes
 
 Paths of configs are relative to the grid file's folder; ``out`` is relative to the current
 folder, as every sslr output is. ``args`` are extra command-line arguments of the stage's
 command, the same for every rule so budgets are equal; ``attack.suite`` holds
 ``sslr.robustness.SuiteConfig`` fields (epsilons may be written ``8/255``).
+
+``slurm`` is read by ``sslr grid --launcher slurm`` only (which refuses a grid file without it;
+``slurm: {}`` takes the cluster's defaults): ``partition``, ``account``, ``array_parallelism``,
+``sbatch`` (a mapping of further sbatch options), ``setup`` (shell lines), and per stage kind
+(``pretrain``, ``finetune``, ``attack``, ``report``) ``gpus``, ``cpus``, ``mem`` and ``time``
+(minutes); the defaults are in :data:`SLURM_DEFAULTS`. A stage whose fit asks for several
+devices (``trainer.devices`` > 1) gets that many GPUs and one task per GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed")
+KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed", "slurm")
 STAGE_KEYS = {
     "pretrain": ("epochs", "args", "weights"),
     "finetune": ("epochs", "args"),
@@ -48,6 +62,17 @@ OWNED = (
 
 
 Config = Path | dict  # one --config: a YAML file or an inline mapping
+
+KINDS = ("pretrain", "finetune", "attack", "report")
+SLURM_KEYS = ("partition", "account", "array_parallelism", "sbatch", "setup", *KINDS)
+SLURM_KIND_KEYS = ("gpus", "cpus", "mem", "time")
+# Per stage kind: GPUs, CPUs per task, memory (sbatch's --mem), time limit in minutes.
+SLURM_DEFAULTS = {
+    "pretrain": {"gpus": 1, "cpus": 8, "mem": "32G", "time": 240},
+    "finetune": {"gpus": 1, "cpus": 8, "mem": "32G", "time": 240},
+    "attack": {"gpus": 1, "cpus": 8, "mem": "32G", "time": 240},
+    "report": {"gpus": 0, "cpus": 2, "mem": "8G", "time": 30},
+}
 
 
 class GridError(ValueError):
@@ -72,6 +97,7 @@ class Grid:
     finetune_args: tuple[str, ...]
     suite: dict  # SuiteConfig fields
     attack_args: tuple[str, ...]
+    slurm: dict | None = None  # the checked slurm section (see _slurm); None: none given
 
     @property
     def configs(self) -> tuple[Config, ...]:
@@ -144,7 +170,47 @@ def _parse_grid(raw: dict, path: Path, out) -> Grid:
         finetune_args=_args(stages["finetune"], "finetune"),
         suite=suite,
         attack_args=_args(attack, "attack"),
+        slurm=None if raw.get("slurm") is None else _slurm(raw["slurm"]),
     )  # fmt: skip
+
+
+def _slurm(raw) -> dict:
+    """The slurm section, every key known and typed, each kind's resources filled in."""
+    if not isinstance(raw, dict):
+        raise GridError(f"slurm must be a mapping of {', '.join(SLURM_KEYS)}")
+    _known(raw, SLURM_KEYS, "slurm.")
+    slurm: dict = {}
+    for key in ("partition", "account"):
+        if raw.get(key) is not None:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise GridError(f"slurm.{key} must be a name, got {raw[key]!r}")
+            slurm[key] = raw[key]
+    slurm["array_parallelism"] = _int(raw.get("array_parallelism", 256), "slurm.array_parallelism")
+    sbatch = raw.get("sbatch") or {}
+    if not isinstance(sbatch, dict) or any(isinstance(v, (dict, list)) for v in sbatch.values()):
+        raise GridError("slurm.sbatch must be a mapping of sbatch options, e.g. {qos: high}")
+    slurm["sbatch"] = {str(k): str(v) for k, v in sbatch.items()}
+    setup = raw.get("setup") or []
+    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
+        raise GridError('slurm.setup must be a list of shell lines, e.g. ["module load cuda"]')
+    slurm["setup"] = list(setup)
+    for kind in KINDS:
+        given = raw.get(kind) or {}
+        if not isinstance(given, dict):
+            raise GridError(f"slurm.{kind} must be a mapping of {', '.join(SLURM_KIND_KEYS)}")
+        _known(given, SLURM_KIND_KEYS, f"slurm.{kind}.")
+        resources = {**SLURM_DEFAULTS[kind], **given}
+        for key in ("gpus", "cpus", "time"):
+            resources[key] = _int(
+                resources[key], f"slurm.{kind}.{key}", minimum=0 if key == "gpus" else 1
+            )
+        if not isinstance(resources["mem"], (str, int)) or isinstance(resources["mem"], bool):
+            raise GridError(
+                f"slurm.{kind}.mem must be a size such as 32G, got {resources['mem']!r}"
+            )
+        resources["mem"] = str(resources["mem"])
+        slurm[kind] = resources
+    return slurm
 
 
 def load_yaml(path: Path):

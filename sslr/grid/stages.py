@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shlex
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from sslr.grid.commands import StageCommands, fingerprint, stage_errors
@@ -49,6 +51,11 @@ class GridRun:
         self.inputs_configs = [fingerprint(c) for c in grid.configs]
         self.began = time.perf_counter()
         self.hashes: dict[Path, str | None] = {}  # checkpoint -> sha256 (None: missing)
+        self.only: str | None = None  # run_one's stage: the others must be done
+        self.said: dict[str, str] = {}  # per stage label: what its first line said
+        # A job's task (sslr.grid.launch.run_stage): all run the stage's command, rank 0 alone
+        # holds its lock and writes its folder and markers.
+        self.rank = 0
 
     # ---- stages -----------------------------------------------------------------------------
 
@@ -61,20 +68,105 @@ class GridRun:
             f"sslr grid: {grid.name}: {', '.join(grid.backbones)} x {', '.join(grid.rules)} "
             f"-> {grid.out} ({self.total} stages{dry})"
         )
-        # What the report summarizes: backbone, rule, checkpoint sha256, when fit, when attacked.
+        self._report(self._runs())
+
+    def _runs(self) -> list:
+        """Every fit and attack in order (run where not done, or with ``only`` checked done);
+        what the report summarizes: backbone, rule, checkpoint sha256, when fit, when attacked."""
+        grid = self.grid
         results = []
         for backbone in grid.backbones:
-            if grid.weights:
-                start: dict = {"weights": grid.weights}
-            else:
-                start = self._fit("pretrain", backbone, "bp")
+            start = self._start(backbone)
             tuned = {rule: self._fit("finetune", backbone, rule, start) for rule in grid.rules}
             for rule in grid.rules:
                 fit = tuned[rule]
                 attacked = self._attack(backbone, rule, fit, tuned.get(SURROGATE))
                 when = [fit.get("finished"), attacked.get("finished")]
                 results.append([backbone, rule, fit.get("sha256"), *when])
-        self._report(results)
+        return results
+
+    def _start(self, backbone: str) -> dict:
+        if self.grid.weights:
+            return {"weights": self.grid.weights}
+        return self._fit("pretrain", backbone, "bp")
+
+    def run_one(self, label: str) -> None:
+        """Run the one stage ``label`` (a progress line's label: ``pretrain resnet18/bp``,
+        ``finetune resnet18/usf``, ``attack resnet18/usf``, ``report``) unless it is done, as
+        :meth:`execute` would: what it consumes must be done (checked as :meth:`execute` checks
+        it, quietly), else GridError. What a launcher's job runs (:mod:`sslr.grid.launch`)."""
+        if not self.commands.settings:
+            self.commands.check()
+        self.only, self.total = label, 1
+        kind, _, where = label.partition(" ")
+        if kind == "report":
+            self._report(self._runs())
+            return
+        backbone, _, rule = where.partition("/")
+        if kind not in ("pretrain", "finetune", "attack") or not rule:
+            raise GridError(f"no stage {label!r} in the grid")
+        if kind == "pretrain":
+            self._fit("pretrain", backbone, "bp")
+            return
+        start = self._start(backbone)
+        tuned = self._fit("finetune", backbone, rule, start)
+        if kind == "attack":
+            bp = None
+            if SURROGATE in self.grid.rules and rule != SURROGATE:
+                bp = self._fit("finetune", backbone, SURROGATE, start)
+            self._attack(backbone, rule, tuned, bp)
+
+    def probe(self, label: str) -> bool | None:
+        """Whether the stage ``label`` is done (True), would run (False), or waits for a stage
+        it consumes that is not done (None); quietly, writing nothing."""
+        echo, dry_run, index, total = self.echo, self.dry_run, self.index, self.total
+        self.echo, self.dry_run = lambda line: None, True
+        said = dict(self.said)
+        try:
+            self.run_one(label)
+        except GridError:
+            return None
+        finally:
+            self.echo, self.dry_run, self.index, self.only = echo, dry_run, index, None
+            self.total = total
+            done = self.said.get(label, "").startswith("skipped")
+            self.said = said
+        return done
+
+    def forget(self, folder: Path) -> None:
+        """Hash again the checkpoints under ``folder`` (another process wrote them)."""
+        folder = Path(folder).resolve()
+        self.hashes = {p: h for p, h in self.hashes.items() if folder not in p.parents}
+
+    def _must_run(self, label: str) -> None:
+        """With ``only`` (one stage): a stage it consumes would have to run first."""
+        if self.only is not None and label != self.only:
+            raise GridError(f"{label} is not done ({self.only} needs it): run sslr grid")
+
+    @contextlib.contextmanager
+    def _lock(self, label: str):
+        """The stage's lock, held while it runs (:func:`stage_folder`): one stage never runs
+        twice at once, whether inline or in a launcher's jobs (rank 0's, in a job of several
+        tasks). Tried for 2 s (``sslr grid --status`` peeks at it a moment), then refused."""
+        from sslr.atomic import FolderLock
+        from sslr.errors import UserError
+
+        if self.rank != 0:
+            yield
+            return
+        lock = FolderLock(stage_folder(self.grid.out, label), f"stage {label!r} of the grid")
+        for attempt in range(20):
+            try:
+                lock.__enter__()
+                break
+            except UserError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     def _checkpoint(self, marker: dict) -> Path | None:
         return self.grid.out / marker["checkpoint"] if marker.get("checkpoint") else None
@@ -104,12 +196,16 @@ class GridRun:
 
     def _skip(self, label: str, done: dict) -> dict:
         """A stage whose marker records the same inputs: said, counted, its marker returned."""
+        if self.only is not None and label != self.only:
+            return done  # run_one: a stage it consumes, done, said nothing of
         self.skipped += 1
         self._say(label, f"skipped (done {done.get('finished', '')})", new=True)
         return done
 
     def _say(self, label: str, what: str, new: bool = False) -> None:
         self.index += new
+        if new:
+            self.said[label] = what
         if not new and self.index:  # a stage finished: what is left, and when it may end
             elapsed = time.perf_counter() - self.began
             left = self.total - self.index
@@ -144,16 +240,24 @@ class GridRun:
         if resume:
             args = [*args, "--ckpt_path", str(last)]
         layout = {"checkpoint": f"{backbone}/{folder.name}/checkpoints/best.ckpt", "sha256": None}
+        self._must_run(label)
         if self.dry_run:
             what = changed or ("would resume from last.ckpt" if resume else "would run")
             self._say(label, what, new=True)
             self.echo("    " + shlex.join(["sslr", *args]))
             return layout
+        with self._lock(label):
+            return self._run_fit(label, kind, folder, args, inputs, resume, changed, last)
+
+    def _run_fit(self, label, kind, folder, args, inputs, resume, changed, last) -> dict:
+        grid = self.grid
+        backbone, rule = inputs["backbone"], inputs["rule"]
         self._say(label, changed or ("resuming from last.ckpt" if resume else "running"), new=True)
-        if not resume and folder.exists():
-            shutil.rmtree(folder)  # stale or unfinished without a checkpoint: start clean
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STARTED, inputs)
+        if self.rank == 0:
+            if not resume and folder.exists():
+                shutil.rmtree(folder)  # stale or unfinished without a checkpoint: start clean
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / STARTED, inputs)
         began = time.perf_counter()
         keep = keep_metrics(folder, last) if resume else contextlib.nullcontext()
         with stage_errors(label), keep:
@@ -181,7 +285,8 @@ class GridRun:
             "finished": now(),
             "inputs": inputs,
         }
-        write_json(folder / DONE, marker)
+        if self.rank == 0:
+            write_json(folder / DONE, marker)
         self.ran += 1
         shown = next(
             (f"{k} {v:.3f}" for k, v in marker["metrics"].items() if "acc" in k or "mAP" in k), ""
@@ -214,12 +319,20 @@ class GridRun:
         args = self.commands.build(
             "attack", backbone, rule, ckpt=self._checkpoint(tuned), surrogate=surrogate
         )
+        self._must_run(label)
         if self.dry_run:
             self._say(label, "would run", new=True)
             self.echo("    " + shlex.join(["sslr", *args]))
             return {}
+        with self._lock(label):
+            return self._run_attack(label, backbone, rule, folder, args, inputs)
+
+    def _run_attack(self, label, backbone, rule, folder, args, inputs) -> dict:
+        grid = self.grid
+        run_dir = folder.parent
         self._say(label, "running", new=True)
-        (folder / DONE).unlink(missing_ok=True)
+        if self.rank == 0:
+            (folder / DONE).unlink(missing_ok=True)
         began = time.perf_counter()
         with stage_errors(label), _engine_progress(self.echo):
             from sslr.cli import run
@@ -238,8 +351,9 @@ class GridRun:
             "finished": now(),
             "inputs": inputs,
         }
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / DONE, marker)
+        if self.rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / DONE, marker)
         self.ran += 1
         self._say(label, f"ran in {seconds:.1f} s ({rows} rows in robustness.csv)")
         return marker
@@ -254,6 +368,7 @@ class GridRun:
         if done is not None and done.get("inputs") == results and out.is_file():
             self._skip(label, done)
             return
+        self._must_run(label)
         if self.dry_run:
             self._say(label, f"would write {out}", new=True)
             return
@@ -261,12 +376,42 @@ class GridRun:
         from sslr.report import build_report
 
         dirs = [grid.out / b / r for b in grid.backbones for r in grid.rules]
-        with stage_errors(label):
+        with self._lock(label), stage_errors(label):
             report = build_report(dirs, out)
         marker = {"stage": "report", "report": out.name, "finished": now(), "inputs": results}
         write_json(grid.out / DONE, marker)
         self.ran += 1
         self._say(label, f"wrote {out}, {report.csv_path.name} and {len(report.figures)} figures")
+
+
+# Noise when the grid reuses its own folders on purpose (a resumed fit, started.json).
+_QUIET = (r"Experiment logs directory .* exists and is not empty", r"Checkpoint directory .*")
+
+
+@contextlib.contextmanager
+def grid_context():
+    """How stages run (inline or in a launcher's job): Lightning's info off, the warnings of a
+    grid reusing its own folders on purpose off, W&B quiet."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    os.environ.setdefault("WANDB_SILENT", "true")
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in _QUIET:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        lightning_log.setLevel(level)
+
+
+# Per stage, under the grid folder: its lock, and a launcher's job files (logs, job.json).
+STAGES_DIR = ".grid"
+
+
+def stage_folder(out: Path, label: str) -> Path:
+    """``<out>/.grid/<label as a name>``: ``finetune resnet18/usf`` -> ``finetune-resnet18-usf``."""
+    return Path(out) / STAGES_DIR / re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
 
 
 def best_checkpoint(trainer, folder: Path) -> Path:
