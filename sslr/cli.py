@@ -317,8 +317,12 @@ def _stop_other_ranks(trainer) -> None:
 
 
 def _rank() -> int:
-    """This process's rank under a DDP launch (0 for the process the user started)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    """This process's rank under a DDP launch (0 for the process the user started): Lightning's
+    and torchrun's RANK / LOCAL_RANK, or SLURM's task index when srun started the tasks."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 0
 
 
 def _csv_logger_parent(config) -> Path | None:
