@@ -7,7 +7,8 @@ The process kills itself at exactly that point, so the test depends on no timing
 
 - ``step:<n>``: after training step n (mid-epoch, between checkpoints);
 - ``save:<k>``: during the k-th checkpoint write, with half of the file's bytes written;
-- ``say:<k>``: at the k-th progress line of ``sslr attack`` (mid-way through the suite);
+- ``say:<k>``: at the k-th progress line of ``sslr attack`` (mid-way through the suite; with
+  SSLR_TEST_KILL_RANK=r, only rank r of a DDP attack);
 - ``echo:<k>``: after the k-th line ``sslr grid`` prints (its stage lines and the attack
   stages' progress lines);
 - ``marker:<k>``: right after ``sslr grid`` wrote its k-th stage marker (started or done).
@@ -24,6 +25,11 @@ import torch
 
 
 def _die() -> None:
+    # SSLR_TEST_KILL_RANK: only that rank of a DDP launch dies (Lightning gives the processes it
+    # starts their LOCAL_RANK; the one the user started is rank 0).
+    only = os.environ.get("SSLR_TEST_KILL_RANK")
+    if only is not None and int(os.environ.get("LOCAL_RANK") or 0) != int(only):
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,16 @@ def _fit(cwd: Path, *extra: str, kill: str | None = None) -> subprocess.Complete
     return _sslr(cwd, "fit", *ARGS, *extra, kill=kill)
 
 
-def _sslr(cwd: Path, *args: str, kill: str | None = None) -> subprocess.CompletedProcess:
+def _sslr(
+    cwd: Path, *args: str, kill: str | None = None, rank: int | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     env.pop("SSLR_TEST_KILL", None)
+    env.pop("SSLR_TEST_KILL_RANK", None)
     if kill:
         env["SSLR_TEST_KILL"] = kill
+    if rank is not None:
+        env["SSLR_TEST_KILL_RANK"] = str(rank)
     helper = str(Path(__file__).with_name("kill_points.py"))
     cmd = [sys.executable, helper, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -163,6 +169,34 @@ def test_kill_9_mid_attack_then_the_same_command_completes(bp_digits_run, tmp_pa
     assert (folder / "suite.yaml").is_file()
     assert [p.name for p in folder.rglob(".*") if p.name != ".sslr.lock"] == []
     # The resumed attack ends with the files of one never interrupted.
+    straight = _sslr(tmp_path, *attack, "--out_dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    for name in ("robustness.csv", "masking.csv"):
+        assert (folder / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_mid_attack_ends_every_process_and_the_rerun_completes(
+    bp_digits_run, tmp_path
+):
+    """Two processes (gloo); rank 1 is killed at the suite's first cell line: rank 0 does not
+    wait for it forever, and the same command (here on one process) finishes from the batches
+    kept, with the files of an attack never interrupted."""
+    best = str(bp_digits_run / "checkpoints" / "best.ckpt")
+    attack = ["attack", "--config", str(bp_digits_run / "config.yaml"), "--ckpt_path", best]
+    attack += ["--suite.attacks", "[fgsm, pgd]", "--suite.n_samples", "16", "--suite.steps", "2"]
+    attack += ["--suite.eps", "[0, 0.1]", "--suite.gradients", "[exact]", "--suite.batch_size", "4"]
+    attack += ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    folder = tmp_path / "killed"
+    began = time.monotonic()
+    killed = _sslr(tmp_path, *attack, *ddp, "--out_dir", str(folder), kill="say:3", rank=1)
+    assert killed.returncode != 0, killed.stdout[-2000:]  # ended, and said it failed
+    assert time.monotonic() - began < 300
+    assert not (folder / "robustness.csv").exists()
+    assert list((folder / ".batches").rglob("*.pt"))  # rank 0's finished batches were kept
+    again = _sslr(tmp_path, *attack, "--out_dir", str(folder))
+    assert again.returncode == 0, again.stderr[-3000:]
     straight = _sslr(tmp_path, *attack, "--out_dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     for name in ("robustness.csv", "masking.csv"):
