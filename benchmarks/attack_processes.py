@@ -108,7 +108,7 @@ def main() -> None:
             "` ", "`"
         ).strip(),
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
         f"accelerator {args.accelerator}. resnet18 (32 px stem), PGD-10 under rule and exact, "
         f"{args.images} images in batches of {args.batch}; {args.reps} repetitions, alternating. "
         "Wall time of the whole `sslr attack` command (start-up included).",
