@@ -563,10 +563,14 @@ def test_a_killed_job_resumes_and_a_second_grid_is_refused(capsys, local_grid):
                 break
             time.sleep(0.05)
         assert holder and holder.startswith("process "), Path("submitter.log").read_text()
+        job = int(holder.split()[1])
+        # Frozen at once: the resumed fit has little left to do, and left running it could end
+        # (and write done.json) while the second grid below starts, on a fast machine.
+        os.kill(job, signal.SIGSTOP)
         assert main(args) == 2  # the submitter holds the grid folder
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is in use by" in err[0]
-        os.kill(int(holder.split()[1]), signal.SIGKILL)
+        os.kill(job, signal.SIGKILL)
         assert submitter.wait(timeout=120) == 2
     finally:
         if submitter.poll() is None:
