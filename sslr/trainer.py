@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.trainer import call
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities import rank_zero_info
 
 from sslr import checkpoints
@@ -14,6 +17,26 @@ from sslr.attack_run import RetiredHashingOptions, attack_checkpoint, load_weigh
 from sslr.errors import UserError
 from sslr.robustness import SuiteConfig
 from sslr.robustness.shards import Shard
+
+
+class SubmititSignals(_SignalConnector):
+    """Lightning's signal handlers, with SIGTERM left to submitit, in a job submitit runs on SLURM.
+
+    Lightning stops a fit at the first SIGTERM (``SIGTERMException``). SLURM sends SIGTERM as soon
+    as it preempts a job (https://slurm.schedmd.com/preempt.html), and then, where the cluster
+    signals preemptions, the job's USR2; 90 s before a time limit USR2 alone. submitit ignores
+    SIGTERM on purpose and at USR2 has the stage checkpointed
+    (:meth:`sslr.grid.launch.StageJob.checkpoint`) and requeued. Stopped by Lightning first, the
+    fit would end as a failed job, never requeued, so here SIGTERM keeps the handler it had before
+    the fit (submitit's). Lightning installs its handler whatever the cluster environment's
+    ``auto_requeue``, hence this subclass.
+    """
+
+    def register_signal_handlers(self) -> None:
+        super().register_signal_handlers()
+        before = self._original_handlers.get(signal.SIGTERM)
+        if before is not None:
+            self._register_signal(signal.SIGTERM, before)
 
 
 class SslrTrainer(Trainer):
@@ -28,6 +51,8 @@ class SslrTrainer(Trainer):
         connector = self._accelerator_connector
         if not isinstance(getattr(connector, "checkpoint_io", None), CheckpointIO):
             self.strategy.checkpoint_io = checkpoints.SafeCheckpointIO()
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # a job of sslr grid --launcher slurm
+            self._signal_connector = SubmititSignals(self)
 
     def attack(
         self,

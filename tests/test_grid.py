@@ -682,6 +682,57 @@ def test_a_stage_job_is_requeued_as_itself():
     assert pickle.loads(pickle.dumps(again.function)) == job
 
 
+def test_a_preempted_stage_job_is_requeued_and_resumes_its_fit(tmp_path):
+    """A fine-tune job signalled as a preempted SLURM job is (USR2, mid-fit, after its first
+    last.ckpt): submitit calls StageJob.checkpoint and requeues it (its LocalExecutor restarts
+    the job as SLURM would), the stage resumes from last.ckpt and ends with the metrics of a
+    fine-tune never interrupted."""
+    import signal
+    import time
+
+    import submitit
+    import torch
+
+    from sslr.grid.launch import StageJob, _lock_holder, run_stage
+
+    finetune = {"epochs": 3, "args": ["--optimizer.lr", "0.01"]}
+    path = two_rule_grid(tmp_path, rules=["bp"], finetune=finetune)
+    out, reference = tmp_path / "grid", tmp_path / "reference"
+    label = "finetune resnet18/bp"
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_stage(str(path), str(out), "pretrain resnet18/bp")
+        shutil.copytree(out, reference)
+        run_stage(str(path), str(reference), label)  # never interrupted
+    expected = json.loads((reference / "resnet18" / "bp" / "done.json").read_text())
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=60)
+    with this_checkout():
+        job = executor.submit(StageJob(str(path), str(out), label))
+    last = out / "resnet18" / "bp" / "checkpoints" / "last.ckpt"
+    lock = out / ".grid" / "finetune-resnet18-bp"
+    pid = None
+    for _ in range(12000):  # 10 ms polls: the job's process, then its first last.ckpt
+        holder = _lock_holder(lock)
+        if holder:
+            pid = int(holder.split()[1])
+        if pid and last.is_file() or job.done():
+            break
+        time.sleep(0.01)
+    assert pid and last.is_file(), job.stderr()
+    os.kill(pid, signal.SIGSTOP)  # held after epoch 1: the signal lands inside the fit
+    epoch = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    os.kill(pid, signal.SIGUSR2)  # what SLURM sends a job it preempts (submitit's --signal)
+    os.kill(pid, signal.SIGCONT)
+    assert job.result() == {"ran": 1, "label": label}
+    log = (job.stdout() or "") + (job.stderr() or "")
+    assert "this job is preempted" in log and "Requeued job" in log, log[-3000:]
+    assert log.count(f"{label}: running") == 1 and f"{label}: resuming from last.ckpt" in log
+    assert epoch < 2  # it stopped with epochs still to run
+    done = json.loads((out / "resnet18" / "bp" / "done.json").read_text())
+    assert done["metrics"] == expected["metrics"]
+
+
 @pytest.mark.parametrize(
     ("args", "slurm", "message"),
     [

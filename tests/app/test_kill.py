@@ -308,3 +308,52 @@ def test_kill_9_at_points_of_a_grid_then_the_same_command_finishes_it(tmp_path):
                 assert results[key] == value, (where, key)
         hidden = [p for p in (tmp_path / out).rglob(".*") if p.name != ".sslr.lock"]
         assert hidden == [], (where, hidden)
+
+
+# --------------------------------------------------------------------------- SIGTERM under SLURM
+
+
+@pytest.mark.parametrize("submitit_slurm", [False, True])
+def test_sigterm_stops_a_fit_except_in_a_submitit_slurm_job(monkeypatch, submitit_slurm):
+    """Lightning stops a fit at SIGTERM; in a job submitit runs on SLURM, SIGTERM goes to the
+    handler the process had (submitit's, which ignores it and waits for USR2 to requeue the
+    stage), the fit runs on to its end, and the handler is the same again after the fit."""
+
+    from lightning.pytorch import Callback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from sslr.trainer import SslrTrainer
+
+    received = []
+
+    def submitit_bypass(signum, frame):  # what submitit installs in its jobs: log and go on
+        received.append(signum)
+
+    class TermAtStep2(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    if submitit_slurm:
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    else:
+        monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    previous = signal.signal(signal.SIGTERM, submitit_bypass)
+    try:
+        trainer = SslrTrainer(
+            max_epochs=1, limit_train_batches=6, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[TermAtStep2()], accelerator="cpu", devices=1,
+        )  # fmt: skip
+        if submitit_slurm:
+            trainer.fit(BoringModel())
+            assert trainer.state.status == "finished" and trainer.global_step == 6
+        else:
+            with pytest.raises(SIGTERMException):
+                trainer.fit(BoringModel())
+            assert trainer.interrupted and trainer.global_step == 2
+        assert received == [signal.SIGTERM]  # the process's own handler ran either way
+        assert signal.getsignal(signal.SIGTERM) is submitit_bypass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
