@@ -11,10 +11,15 @@ Per image, from a random start x^0 in the eps ball, with step eta = 2 eps:
     z = P(x^k + eta * dir(grad f(x^k)))                    dir: sign (L-inf), g/||g|| (L2)
     x^{k+1} = P(x^k + a (z - x^k) + (1 - a)(x^k - x^{k-1}))   a = 0.75 (1 at the first step)
 
-At the checkpoints w_j = ceil(p_j N) (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1}
-- 0.03, 0.06)) eta is halved, and the iterate reset to the best point found, where the share of
-steps since the last checkpoint that increased the loss is below rho = 0.75, or where neither
-eta nor the best loss changed since the last checkpoint. P projects onto the ball and [0, 1].
+At checkpoints the step size is checked, per image: eta is halved, and the iterate reset to
+the best point found (its gradient with it), where at most rho = 0.75 of the steps since the
+last checkpoint increased the loss, or where the step was not halved at the last checkpoint and
+the best loss has not improved since. P projects onto the ball and [0, 1]. The checkpoints and
+the checks follow the reference code (fra31/auto-attack, ``autopgd_base.py``) rather than the
+paper's ceil(p_j N) formula, which places them one or more iterations later when N is not a
+multiple of 50 (25 iterations: the reference checks at 5, 9, 12, 14, 15, 16, ..., 25; the
+formula at 6, 11, 15, 18, 20, 22, 24, 25): the first after max(floor(0.22 N), 1) steps, each
+next one max(floor(0.03 N), 1) steps sooner than the last, down to max(floor(0.06 N), 1).
 
 Random draws are made for the whole batch and indexed, so each image's attack depends on its
 own position and the seed only, not on which other images are still attacked: an ensemble that
@@ -23,7 +28,6 @@ attacks only the survivors gets, image by image, what each member would have got
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -65,15 +69,15 @@ class AttackResult:
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations w_1 < w_2 < ... <= steps at which APGD checks its step size."""
-    p = [0.0, 0.22]
-    while True:
-        nxt = p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)
-        if nxt > 1:
-            break
-        p.append(nxt)
-    # rounded before ceil: 0.41 * 100 is 41.00000000000001 in floating point
-    return sorted({math.ceil(round(q * steps, 6)) for q in p[1:]} - {0})
+    """The iterations w_1 < w_2 < ... <= steps after which APGD checks its step size, as the
+    reference code places them (``n_iter_2``, ``size_decr``, ``n_iter_min``)."""
+    first, shrink, shortest = (max(int(share * steps), 1) for share in (0.22, 0.03, 0.06))
+    found, at, interval = [], 0, first
+    while at + interval <= steps:
+        at += interval
+        found.append(at)
+        interval = max(interval - shrink, shortest)
+    return found
 
 
 def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -132,11 +136,13 @@ def _run(
     success = succeeded(logits, idx)
     x_adv = _where(success, x, xc)
     x_best, f_best, g_best, s_best = x.clone(), f.clone(), grad.clone(), success.clone()
-    x_prev, f_prev = x.clone(), f.clone()
+    # As the reference: the first step's loss is compared with 0 (its loss history starts
+    # zeroed), and no image is halved for "no improvement" at the first checkpoint.
+    x_prev, f_prev = x.clone(), torch.zeros_like(f)
     eta = torch.full((n,), 2.0 * eps, device=device, dtype=x.dtype)
     increases = torch.zeros(n, device=device)
     f_best_check = f_best.clone()
-    reduced_check = torch.zeros(n, dtype=torch.bool, device=device)
+    reduced_check = torch.ones(n, dtype=torch.bool, device=device)
     last_check = 0
     checks = set(checkpoints(steps))
 
@@ -173,12 +179,12 @@ def _run(
         f_best, s_best = torch.where(better, f, f_best), torch.where(better, now, s_best)
         if k + 1 not in checks:
             continue
-        reduce = (increases < rho * (k + 1 - last_check)) | (
+        reduce = (increases <= rho * (k + 1 - last_check)) | (
             ~reduced_check & (f_best <= f_best_check)
         )
         eta = torch.where(reduce, eta / 2, eta)
+        # The momentum term and the loss history go on from the iterate before the reset.
         x, grad = _where(reduce, x_best, x), _where(reduce, g_best, grad)
-        x_prev, f_prev = _where(reduce, x_best, x_prev), torch.where(reduce, f_best, f_prev)
         increases.zero_()
         f_best_check, reduced_check, last_check = f_best.clone(), reduce, k + 1
         if keep == "adversarial" and k + 1 < steps:

@@ -40,10 +40,15 @@ class Recording(torch.nn.Module):
         return self.model(x)
 
 
-def test_checkpoints_follow_the_papers_schedule():
-    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99
-    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+def test_checkpoints_follow_the_reference_codes_schedule():
+    """fra31/auto-attack's autopgd_base.py: the first check after n_iter_2 = floor(0.22 N)
+    steps, each next one size_decr = floor(0.03 N) sooner, down to n_iter_min = floor(0.06 N)
+    (each at least 1); worked out by hand from its counter3 loop."""
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # as the paper's p_j
+    assert checkpoints(25) == [5, 9, 12, 14, *range(15, 26)]  # the paper's: 6, 11, 15, ...
+    assert checkpoints(50) == [11, 21, 30, 38, 45]
+    assert checkpoints(10) == [2, *range(3, 11)]
+    assert checkpoints(1) == [1]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
