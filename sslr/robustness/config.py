@@ -203,12 +203,13 @@ class SuiteConfig:
             ``margin`` (Carlini-Wagner: max other logit minus the true one) or ``dlr``
             (Croce & Hein's scale-free margin; needs 3 classes). ``apgd-dlr`` always uses the
             targeted DLR loss.
-        restarts: random starts per image of ``apgd-ce``, ``apgd-dlr`` and ``square``.
-        target_classes: ``apgd-dlr``'s target classes per image (AutoAttack's 9; clipped to
-            the classes - 1).
-        autoattack_version: ``fast`` (APGD-CE 25 iterations, APGD-T 3 targets x 25, Square
-            500 queries: minutes on a CPU) or ``standard`` (100, 9 x 100, 5,000: AutoAttack's
-            budget, for a GPU).
+        restarts: random starts per image of ``apgd-ce``, ``apgd-dlr``, ``fab-t`` and
+            ``square``.
+        target_classes: ``apgd-dlr``'s and ``fab-t``'s target classes per image (AutoAttack's
+            9; clipped to the classes - 1).
+        autoattack_version: ``fast`` (APGD-CE 25 iterations, APGD-T 3 targets x 25, FAB-T 3
+            targets x 25, Square 500 queries: minutes on a CPU) or ``standard`` (100, 9 x 100,
+            9 x 100, 5,000: AutoAttack's standard version, all four members, for a GPU).
         square_backend: ``torch`` (sslr's Square on the device, the default) or ``art``
             (ART's NumPy Square, the reference).
         verdict: add one large eps per norm (64/255 L-inf, 4.0 L2) so that the masking

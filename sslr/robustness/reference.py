@@ -1,7 +1,7 @@
 """The field's reference attacks in the evaluation engine: APGD-CE, APGD-T with the DLR loss
-(``apgd-dlr``), the Square attack on the device, and the AutoAttack ensemble, each an entry of
-the registry (:mod:`sslr.robustness.registry`), so each runs under every gradient source
-(``rule``, ``exact``, ``eot``, ``transfer``) and both norms.
+(``apgd-dlr``), FAB-T (``fab-t``), the Square attack on the device, and the AutoAttack
+ensemble, each an entry of the registry (:mod:`sslr.robustness.registry`), so each runs under
+every gradient source (``rule``, ``exact``, ``eot``, ``transfer``) and both norms.
 
 The algorithms live in :mod:`sslr.attacks` (torch only); this module adapts them to the
 registry's shape. The provider is the model callable the algorithms take: ``provider(x)``
@@ -11,7 +11,7 @@ gives logits along the cell's gradient source (its context is entered around the
 AutoAttack's members each attack every image here (each member's own accuracy is a row of
 robustness.csv) and the engine counts an image robust only if every member left it correctly
 classified: the ensemble's accuracy, the same per image as AutoAttack's cascade, which stops
-attacking an image once one member broke it (Croce & Hein 2020). FAB-T is not built.
+attacking an image once one member broke it (Croce & Hein 2020).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from sslr.attacks.apgd import AttackResult, apgd, apgd_targeted
-from sslr.attacks.autoattack import MEMBERS
+from sslr.attacks.autoattack import MEMBERS, MIN_CLASSES
+from sslr.attacks.fab import fab_targeted
 from sslr.attacks.square import square
 from sslr.robustness.registry import register_attack
 
@@ -84,6 +85,21 @@ def apgd_dlr_attack(provider, x, y, *, eps, norm, settings, generator):
     )  # fmt: skip
 
 
+def fab_t_attack(provider, x, y, *, eps, norm, settings, generator):
+    """AutoAttack's FAB-T (Croce & Hein 2020): the minimal perturbation towards each of the
+    ``settings.target_classes`` classes with the highest clean logits after the top one,
+    ``settings.steps`` iterations each (``settings.restarts`` starts); an image counts as
+    broken when the closest misclassified point found lies within eps. Under ``transfer`` it
+    runs on the surrogate and its points (near the surrogate's boundary, so they transfer less
+    often than points that use the whole eps) are scored on the target."""
+    out = _run(
+        fab_targeted, provider, x, y, eps, norm, settings, generator, steps=settings.steps,
+        n_target_classes=settings.target_classes, eot_samples=provider.eot_samples,
+        num_classes=provider.target.num_classes,
+    )  # fmt: skip
+    return _record(provider, out)
+
+
 def square_attack(provider, x, y, *, eps, norm, settings, generator):
     """The Square attack (Andriushchenko et al. 2020) on the device with ``settings.queries``
     queries; ART's NumPy Square with ``square_backend: art`` (the reference)."""
@@ -106,10 +122,12 @@ def square_attack(provider, x, y, *, eps, norm, settings, generator):
 
 def members(settings, num_classes: int) -> dict:
     """AutoAttack's members of ``settings.autoattack_version`` (APGD-T left out below 4
-    classes, as AutoAttack's DLR loss needs 4 logits): name -> (function, settings)."""
+    classes, as AutoAttack's DLR loss needs 4 logits; FAB-T below 3, as it needs a target other
+    than the top two): name -> (function, settings)."""
     chosen = dict(MEMBERS[settings.autoattack_version])
-    if num_classes < 4:
-        chosen.pop("apgd-t")
+    for name, needs in MIN_CLASSES.items():
+        if num_classes < needs:
+            chosen.pop(name)
     return chosen
 
 
@@ -123,12 +141,13 @@ def autoattack_attack(provider, x, y, *, eps, norm, settings, generator):
         if fn is square:
             out[f"{AUTOATTACK}/{name}"] = fn(provider, x, labels, **kwargs).x_adv
             continue
+        if fn is not fab_targeted:  # FAB keeps its closest misclassified point, nothing else
+            kwargs["keep"] = _keep(provider)
         result = fn(
             provider,
             x,
             labels,
             eot_samples=provider.eot_samples,
-            keep=_keep(provider),
             num_classes=provider.target.num_classes,
             **kwargs,
         )
@@ -141,13 +160,15 @@ def _autoattack_steps(settings) -> int:
 
 
 def _member_steps(settings, key: str) -> int:
-    """The ``steps`` column of a member's row: its iterations, or Square's queries."""
+    """The ``steps`` column of a member's row: its iterations (APGD's, and FAB-T's per target,
+    both its ``steps``), or Square's queries."""
     kwargs = MEMBERS[settings.autoattack_version][key.split("/", 1)[1]][1]
     return int(kwargs.get("steps", kwargs.get("queries", 0)))
 
 
 register_attack("apgd-ce", apgd_ce_attack, tasks=("classification",), min_classes=2)
 register_attack("apgd-dlr", apgd_dlr_attack, tasks=("classification",), min_classes=4)
+register_attack("fab-t", fab_t_attack, tasks=("classification",), min_classes=3)
 register_attack(
     "square", square_attack, white_box=False, tasks=("classification",), steps=lambda s: s.queries
 )

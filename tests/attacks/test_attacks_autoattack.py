@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslr.attacks import MEMBERS, apgd, apgd_targeted, autoattack, square
+from sslr.attacks import MEMBERS, apgd, apgd_targeted, autoattack, fab_targeted, square
 from sslr.robustness import Norm
 from sslr.robustness.attacks import bound_excess
 
@@ -15,6 +15,7 @@ EPS = 12 / 255
 BUDGET = {
     "apgd-ce": {"steps": 10},
     "apgd-t": {"steps": 10, "n_target_classes": 2},
+    "fab-t": {"steps": 10, "n_target_classes": 2},
     "square": {"queries": 60},
 }
 
@@ -38,7 +39,7 @@ def runs(model, subset):
 
 def test_the_ensemble_is_at_most_every_member(model, runs):
     x, y, cascade, alone, reports = runs
-    assert reports == ["apgd-ce", "apgd-t", "square"]
+    assert reports == ["apgd-ce", "apgd-t", "fab-t", "square"]
     ensemble = cascade.robust.float().mean().item()
     clean = cascade.clean.float().mean().item()
     assert clean > 0.9 and ensemble < clean - 0.2  # it does break images
@@ -57,7 +58,7 @@ def test_the_ensemble_is_at_most_every_member(model, runs):
 def test_members_attack_only_the_images_left_and_report_cumulative_robustness(runs):
     x, y, cascade, _, _ = runs
     left = cascade.clean
-    for name in ["apgd-ce", "apgd-t", "square"]:
+    for name in ["apgd-ce", "apgd-t", "fab-t", "square"]:
         assert torch.equal(cascade.attacked[name], left)
         assert (cascade.queries[name][~left] == 0).all()
         left = cascade.robust_after[name]
@@ -82,23 +83,30 @@ def test_members_alone_match_the_attack_functions(model, subset):
     direct = {
         "apgd-ce": apgd(model, x, y, eps=EPS, **settings["apgd-ce"]),
         "apgd-t": apgd_targeted(model, x, y, eps=EPS, **settings["apgd-t"]),
+        "fab-t": fab_targeted(model, x, y, eps=EPS, **settings["fab-t"]),
         "square": square(model, x, y, eps=EPS, **settings["square"]),
     }
     for name, result in direct.items():
         assert torch.equal(alone.members[name], alone.clean & ~result.success), name
 
 
-def test_apgd_t_is_left_out_below_four_classes(model, subset):
+def test_apgd_t_is_left_out_below_four_classes_and_fab_t_below_three(model, subset):
     x, y = subset[0][:8], subset[1][:8]
 
     def three_classes(z):
         return model(z)[:, :3]
 
+    def two_classes(z):
+        return model(z)[:, :2]
+
     keep = y < 3
     result = autoattack(three_classes, x[keep], y[keep], eps=EPS, version="fast", budget=BUDGET)
+    assert list(result.members) == ["apgd-ce", "fab-t", "square"]
+    keep = y < 2
+    result = autoattack(two_classes, x[keep], y[keep], eps=EPS, version="fast", budget=BUDGET)
     assert list(result.members) == ["apgd-ce", "square"]
 
 
 def test_a_budget_for_an_unknown_member_is_refused(model, subset):
     with pytest.raises(ValueError, match="Unknown AutoAttack member"):
-        autoattack(model, *subset, eps=EPS, budget={"fab-t": {"steps": 5}})
+        autoattack(model, *subset, eps=EPS, budget={"fab": {"steps": 5}})

@@ -71,7 +71,12 @@ def test_autoattack_is_at_most_every_member_and_the_worst_at_most_every_row(targ
     )
     rows = result.rows
     members = {r.attack for r in rows if r.attack.startswith("autoattack/")}
-    assert members == {"autoattack/apgd-ce", "autoattack/apgd-t", "autoattack/square"}
+    assert members == {
+        "autoattack/apgd-ce",
+        "autoattack/apgd-t",
+        "autoattack/fab-t",
+        "autoattack/square",
+    }
     for gradient in ("rule", "exact"):
         for eps in (4 / 255, 8 / 255):
             ensemble = _value(rows, "autoattack", gradient, eps)
