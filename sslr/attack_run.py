@@ -192,7 +192,8 @@ def attack_checkpoint(
             shard=shard,
             store=store,
         )
-        checks = verdict(rows, degenerate_share=result.degenerate_share)
+        outcomes = {key[:4]: units.tolist() for key, units in result.per_unit.items()}
+        checks = verdict(rows, degenerate_share=result.degenerate_share, outcomes=outcomes)
         if shard.rank == 0:
             write_masking(checks, folder / MASKING_CSV)
             atomic_write(folder / "suite.yaml", yaml.safe_dump(settings, sort_keys=False))
@@ -214,7 +215,7 @@ def _sha256(path: str) -> str:
 
 
 MASKING_CSV = "masking.csv"
-MASKING_COLUMNS = ("check", "metric", "value", "threshold", "flagged", "where")
+MASKING_COLUMNS = ("check", "metric", "value", "threshold", "flagged", "where", "test", "p_value")
 
 
 def write_masking(checks, path: Path) -> Path:

@@ -297,13 +297,18 @@ def _field(row: Any, key: str, default: Any = None) -> Any:
     return row.get(key, default) if isinstance(row, Mapping) else getattr(row, key, default)
 
 
+def _optional(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
 def robustness_tables(
     rows: Iterable[Any], run_meta: Mapping[str, Any]
 ) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """Per metric (``accuracy``, or ``mAP`` / ``t-mAP`` for hashing), the table's columns
-    (rule, backbone, dataset, attack, norm, eps, gradient, <metric>, n) and its rows, sorted by
-    attack, norm, gradient and eps. A row's value is its ``accuracy`` field (``value`` also
-    accepted), its metric its ``metric`` field (default ``accuracy``)."""
+    (rule, backbone, dataset, attack, norm, eps, gradient, <metric>, n, ci_low, ci_high: the 95%
+    interval, empty where a row has none) and its rows, sorted by attack, norm, gradient and
+    eps. A row's value is its ``accuracy`` field (``value`` also accepted), its metric its
+    ``metric`` field (default ``accuracy``)."""
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
     for row in rows:
         metric = str(_field(row, "metric") or "accuracy")
@@ -311,8 +316,9 @@ def robustness_tables(
         meta = {k: _field(row, k) or run_meta.get(k) for k in ("rule", "backbone", "dataset")}
         cells = [meta["rule"], meta["backbone"], meta["dataset"], str(_field(row, "attack")),
                  str(_field(row, "norm")), float(_field(row, "eps")), str(_field(row, "gradient")),
-                 float(value), int(_field(row, "n"))]  # fmt: skip
-        columns = [*TABLE_COLUMNS, metric, "n"]
+                 float(value), int(_field(row, "n")), _optional(_field(row, "ci_low")),
+                 _optional(_field(row, "ci_high"))]  # fmt: skip
+        columns = [*TABLE_COLUMNS, metric, "n", "ci_low", "ci_high"]
         tables.setdefault(metric, (columns, []))[1].append(cells)
     for _, data in tables.values():
         data.sort(key=lambda c: (c[3], c[4], c[6], c[5]))

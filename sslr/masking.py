@@ -22,7 +22,12 @@ A row is a dict or an object with ``attack``, ``norm``, ``eps``, ``gradient``, `
 
 The noise margin of a comparison is ``z`` binomial standard errors of ``n``, at its worst case
 p = 1/2: z * 0.5 / sqrt(n) (z = 2 by default), so that two runs on the same n images are not
-told apart by chance. For hashing metrics (``map``, ``t-map``) only ``rule_vs_exact``,
+told apart by chance. Where the per-image outcomes of the cells are given (``outcomes``, as
+``sslr attack`` has them), ``rule_vs_exact`` and ``blackbox_beats_whitebox`` use a paired test
+instead, since both cells attacked the same images: the exact McNemar test on the images that
+one cell broke and the other did not (hashing: Wilcoxon's signed-rank test on per-query APs),
+Bonferroni-corrected over the pairs compared; flagged when the gap has the wrong sign and the
+corrected p-value is below ``alpha`` (0.05). The ``test`` column says which was used. For hashing metrics (``map``, ``t-map``) only ``rule_vs_exact``,
 ``monotonic`` and ``large_eps`` apply; ``t-map`` (targeted: the attack raises it) is read with
 the sign turned.
 """
@@ -64,6 +69,8 @@ class Check:
     flagged: bool
     metric: str = "accuracy"
     where: str = ""
+    test: str = "2-SE margin"  # or the paired test: "exact McNemar", "Wilcoxon signed-rank"
+    p_value: float | None = None  # the paired test's Bonferroni-corrected p-value
 
     def as_row(self) -> dict:
         return {
@@ -73,6 +80,8 @@ class Check:
             "threshold": self.threshold,
             "flagged": self.flagged,
             "where": self.where,
+            "test": self.test,
+            "p_value": "" if self.p_value is None else self.p_value,
         }
 
 
@@ -142,6 +151,12 @@ def _cell(row: _Row) -> str:
     return f"{row.attack}/{row.gradient} {row.norm} eps={row.eps:.4g}"
 
 
+def _gap(pairs, name, metric, z, outcomes, alpha) -> Check:
+    """The paired test where the outcomes allow it, else the noise margin."""
+    found = _paired_gap(pairs, name, metric, outcomes, alpha) if outcomes else None
+    return found or _worst_gap(pairs, name, metric, z)
+
+
 def _worst_gap(pairs, name, metric, z) -> Check:
     """The largest gap ``first.value - second.value`` over ``pairs`` of (first, second, label),
     where the first should not exceed the second: beyond the noise margin it is flagged."""
@@ -154,6 +169,46 @@ def _worst_gap(pairs, name, metric, z) -> Check:
         return Check(name, math.nan, math.nan, False, metric, "not measured: no rows to compare")
     gap, margin, label = best
     return Check(name, gap, margin, gap > margin, metric, label)
+
+
+def _paired_gap(pairs, name, metric, outcomes, alpha) -> Check | None:
+    """The paired version of :func:`_worst_gap`, when every pair's cells have per-image
+    outcomes (else None): each pair tested image by image, Bonferroni over the pairs; the pair
+    reported is the most significant one whose gap has the wrong sign (else the largest gap)."""
+    from sslr.stats import paired
+
+    keyed = []
+    for high, low, label in pairs:
+        a, b = outcomes.get(_key(high)), outcomes.get(_key(low))
+        if a is None or b is None or len(a) != len(b):
+            return None
+        if metric in RAISED_BY_ATTACK:  # read with the sign turned, as the values are
+            a, b = [1.0 - v for v in a], [1.0 - v for v in b]
+        keyed.append(
+            (
+                high.value - low.value,
+                paired(a, b, "accuracy" if metric == "accuracy" else metric),
+                label,
+            )
+        )
+    if not keyed:
+        return None
+    m = len(keyed)
+    wrong = [k for k in keyed if k[0] > 0]
+    gap, test, label = (
+        min(wrong, key=lambda k: k[1].p_value) if wrong else max(keyed, key=lambda k: k[0])
+    )
+    p = min(1.0, test.p_value * m)
+    detail = f"{label}; {test.test} p = {p:.3g}" + (
+        f" (Bonferroni over {m} pairs)" if m > 1 else ""
+    )
+    if test.only_first is not None:
+        detail += f", {test.only_first} vs {test.only_second} images broken by one only"
+    return Check(name, gap, alpha, gap > 0 and p < alpha, metric, detail, test.test, p)
+
+
+def _key(row: _Row) -> tuple:
+    return (row.attack, row.norm, row.gradient, row.eps)
 
 
 def _signed(rows: list[_Row], metric: str) -> list[_Row]:
@@ -171,11 +226,15 @@ def verdict(
     z: float = 2.0,
     large_eps: Mapping[str, float] | None = None,
     floor: Mapping[str, float] | None = None,
+    outcomes: Mapping[tuple, Sequence[float]] | None = None,
+    alpha: float = 0.05,
 ) -> list[Check]:
     """The masking checks over the result rows of one model, one :class:`Check` per check and
     metric (see the module docstring). ``degenerate_share``: the share (0..1) of input
     gradients that were all zero or not finite, if measured. ``large_eps`` (per norm) and
-    ``floor`` (per metric) set what counts as a large eps and as near zero."""
+    ``floor`` (per metric) set what counts as a large eps and as near zero. ``outcomes``: per
+    cell ``(attack, norm, gradient, eps)`` its per-image values (1/0 correct; hashing: each
+    query's AP), for the paired tests at level ``alpha``."""
     if z <= 0:
         raise ValueError(f"z (standard errors of the noise margin) must be > 0, got {z}")
     large_eps = {**DEFAULT_LARGE_EPS, **(large_eps or {})}
@@ -194,7 +253,7 @@ def verdict(
                     for r in attacked
                     if r.gradient == "rule" and (k := (r.attack, r.norm, r.eps)) in exact
                 ]
-                checks.append(_worst_gap(pairs, name, metric, z))
+                checks.append(_gap(pairs, name, metric, z, outcomes, alpha))
             elif name == "blackbox_beats_whitebox":
                 pairs = []
                 for norm, eps in sorted({(r.norm, r.eps) for r in attacked}):
@@ -205,7 +264,7 @@ def verdict(
                         w = min(white, key=lambda r: r.value)
                         b = min(black, key=lambda r: r.value)
                         pairs.append((w, b, f"{_cell(b)} vs {_cell(w)}"))
-                checks.append(_worst_gap(pairs, name, metric, z))
+                checks.append(_gap(pairs, name, metric, z, outcomes, alpha))
             elif name == "iterative_vs_single_step":
                 single = {
                     (r.norm, r.eps, r.gradient): r for r in attacked if r.attack in SINGLE_STEP

@@ -19,10 +19,23 @@ from pathlib import Path
 from sslr.atomic import atomic_write
 
 # The columns every robustness.csv has, in order; ``metric`` says what ``accuracy`` holds
-# (classification: accuracy; hashing: mAP or t-mAP). Files written before ``metric`` existed
-# (classification) read with metric "accuracy".
-COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric")
-REQUIRED = COLUMNS[:-1]
+# (classification: accuracy; hashing: mAP or t-mAP); ``ci_low``/``ci_high`` its 95% interval
+# (accuracy: Wilson's score interval; mAP and t-mAP: a bootstrap over the queries, see
+# :mod:`sslr.stats`). Files written before ``metric`` existed (classification) read with metric
+# "accuracy"; files without the interval columns read with no interval.
+COLUMNS = (
+    "attack",
+    "norm",
+    "eps",
+    "steps",
+    "gradient",
+    "accuracy",
+    "n",
+    "metric",
+    "ci_low",
+    "ci_high",
+)
+REQUIRED = COLUMNS[:7]
 
 # Display order of the gradient sources (report tables, plots).
 GRADIENT_ORDER = ("rule", "exact", "eot", "transfer", "none")
@@ -47,9 +60,18 @@ class RobustnessRow:
     accuracy: float
     n: int
     metric: str = "accuracy"
+    ci_low: float | None = None  # the 95% interval of ``accuracy`` (None: not measured)
+    ci_high: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def interval(self) -> str:
+        """``[0.371, 0.452]``, or '' without one."""
+        if self.ci_low is None or self.ci_high is None:
+            return ""
+        return f"[{self.ci_low:.3f}, {self.ci_high:.3f}]"
 
 
 def accuracies(rows: Sequence[RobustnessRow], **match) -> list[float]:
@@ -122,9 +144,15 @@ def read_rows(path: str | Path) -> list[RobustnessRow]:
                 accuracy=_number(raw["accuracy"], float, path, line, "accuracy"),
                 n=_number(raw["n"], int, path, line, "n"),
                 metric=raw.get("metric") or "accuracy",
+                ci_low=_optional(raw.get("ci_low"), path, line, "ci_low"),
+                ci_high=_optional(raw.get("ci_high"), path, line, "ci_high"),
             )
         )
     return rows
+
+
+def _optional(text: str | None, path: Path, line: int, column: str) -> float | None:
+    return None if text in (None, "") else _number(text, float, path, line, column)
 
 
 FIELDS = tuple(f.name for f in fields(RobustnessRow))
@@ -144,11 +172,12 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
     per-image worst case over every attack and gradient) first."""
     if not rows:
         return "(no rows)"
-    lines: dict[tuple, dict[tuple, float]] = {}
+    lines: dict[tuple, dict[tuple, str]] = {}
     columns: dict[tuple, str] = {}
     for r in rows:
+        cell = f"{r.accuracy:.4f}" + (f" {r.interval}" if r.interval else "")
         lines.setdefault((r.attack, r.norm, r.gradient, r.metric, r.steps), {})[(r.norm, r.eps)] = (
-            r.accuracy
+            cell
         )
         columns.setdefault((r.norm, r.eps), eps_label(r.eps, r.norm))
     order = sorted(columns, key=lambda c: (c[0] != "linf", c[0], c[1]))
@@ -156,7 +185,7 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
     lines = dict(sorted(lines.items(), key=lambda item: item[0][0] != "worst"))
     head = ["attack", "norm", "gradient", "metric", "steps", *(columns[c] for c in order)]
     body = [
-        [a, nm, g, m, str(s), *(f"{cells[c]:.4f}" if c in cells else "" for c in order)]
+        [a, nm, g, m, str(s), *(cells.get(c, "") for c in order)]
         for (a, nm, g, m, s), cells in lines.items()
     ]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
@@ -167,4 +196,16 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
         )
         for line in [head, *body]
     ]
-    return "\n".join([f"robustness (n = {rows[0].n})", *text])
+    said = {INTERVALS.get(r.metric, "") for r in rows if r.interval}
+    heading = f"robustness (n = {rows[0].n}"
+    if said:
+        heading += f"; [95% interval: {', '.join(sorted(said))}]"
+    return "\n".join([heading + ")", *text])
+
+
+# How each metric's interval is made (see sslr.stats).
+INTERVALS = {
+    "accuracy": "Wilson",
+    "mAP": "bootstrap over queries",
+    "t-mAP": "bootstrap over queries",
+}

@@ -158,3 +158,51 @@ def test_worst_case_is_per_image_and_at_most_every_cell():
 def test_masking_imports_no_torch():
     code = "import sys, sslr.masking; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def _outcomes_for(rows, n, broken):
+    """Per-image outcomes consistent with each row's accuracy: the first round(acc * n) images
+    correct, except where ``broken`` (a cell key -> a list of 0/1) says otherwise."""
+    found = {}
+    for r in rows:
+        key = (r["attack"], r["norm"], r["gradient"], r["eps"])
+        k = round(r["accuracy"] * n)
+        found[key] = broken.get(key, [1.0] * k + [0.0] * (n - k))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("only_rule", "only_exact", "flag"),
+    [(6, 1, False), (20, 0, True), (0, 0, False)],
+)
+def test_rule_vs_exact_uses_the_paired_test_when_outcomes_exist(only_rule, only_exact, flag):
+    """40 images; pgd at 8/255: the rule's gradient leaves ``only_rule`` images correct that
+    the exact one broke, and the reverse ``only_exact``: the check's p-value is the exact
+    McNemar p (6 vs 1: 0.125; 20 vs 0: 1.9e-6), Bonferroni over the 6 rule/exact pairs,
+    flagged only when significant, whatever the 2-SE margin (0.158 at n = 40) would say."""
+    n, both = 40, 10
+    rule = [1.0] * both + [1.0] * only_rule + [0.0] * (n - both - only_rule)
+    exact = [1.0] * both + [0.0] * only_rule + [1.0] * only_exact
+    exact += [0.0] * (n - len(exact))
+    rule[both + only_rule : both + only_rule + only_exact] = [0.0] * only_exact
+    rows = [dict(r, n=n) for r in honest_rows()]
+    for r in rows:
+        if r["attack"] == "pgd" and r["eps"] == 8 / 255:
+            r["accuracy"] = sum(rule if r["gradient"] == "rule" else exact) / n
+    cells = {("pgd", "linf", "rule", 8 / 255): rule, ("pgd", "linf", "exact", 8 / 255): exact}
+    outcomes = _outcomes_for(rows, n, cells)
+    check = _by_name(verdict(rows, outcomes=outcomes))[("rule_vs_exact", "accuracy")]
+    expected = min(1.0, 2 * sum(math.comb(only_rule + only_exact, i) for i in range(min(only_rule, only_exact) + 1)) / 2 ** (only_rule + only_exact)) if only_rule + only_exact else 1.0  # fmt: skip
+    assert check.test == "exact McNemar" and check.threshold == 0.05
+    if only_rule > 0:
+        assert check.where.startswith("pgd/rule linf eps=0.03137 vs exact")
+        assert check.p_value == pytest.approx(min(1.0, 6 * expected))  # fgsm, pgd x 3 eps
+        assert check.value == pytest.approx((only_rule - only_exact) / n)
+    assert check.flagged is flag
+    # Without outcomes, the same rows are judged by the noise margin.
+    plain = _by_name(verdict(rows))[("rule_vs_exact", "accuracy")]
+    assert plain.test == "2-SE margin" and plain.p_value is None
+    assert plain.threshold == pytest.approx(noise_margin(n))

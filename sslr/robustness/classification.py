@@ -24,6 +24,7 @@ class ClassificationEvaluation:
     y: torch.Tensor
     task: str = "classification"
     labels: str = "classes"
+    index: list[int] | None = None  # the images' indices in their split (None: 0..N-1)
 
     def __post_init__(self) -> None:
         if self.surrogate is not None and self.surrogate.num_classes != self.target.num_classes:

@@ -199,6 +199,12 @@ def select_queries(loader, n: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     """A fixed, seeded subset of ``n`` queries (x (n, C, H, W) in [0, 1], labels (n, C)) from
     a loader of ``(x, labels)`` batches; the same seed gives the same queries, in loader
     order. Read by index when the loader has a map-style dataset, else by one pass."""
+    x, labels, _ = draw_queries(loader, n, seed)
+    return x, labels
+
+
+def draw_queries(loader, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`select_queries`, and the queries' indices in their split (ascending)."""
     with torch.inference_mode(False):
         dataset = getattr(loader, "dataset", None)
         if _map_style(dataset):
@@ -215,7 +221,7 @@ def select_queries(loader, n: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
         x = x.cpu().clone()
     if not x.is_floating_point():  # uint8 pixels
         x = x / 255.0
-    return x.float(), _multi_hot(labels.cpu().clone())
+    return x.float(), _multi_hot(labels.cpu().clone()), index.tolist()
 
 
 def _map_style(dataset) -> bool:
@@ -312,6 +318,7 @@ class HashingEvaluation:
     task: str = "hashing"
     labels: str = "codes"
     margin: float = 0.5  # HAG's t, set from the suite's settings per attack
+    index: list[int] | None = None  # the queries' indices in their split (None: 0..N-1)
 
     def __post_init__(self) -> None:
         db_codes = self.database[0]
@@ -402,9 +409,10 @@ def hashing_evaluation(target, data, config, surrogate=None, shard=None) -> Hash
             "(a hashing DataModule)"
         )
     query_loader, db_loader = loaders
-    queries = select_queries(query_loader, config.n_samples, config.seed)
+    x, labels, index = draw_queries(query_loader, config.n_samples, config.seed)
     with attack_mode(target.network, warn_train_mode=False):
         database = encode_loader(target, db_loader, shard)
     return HashingEvaluation(
-        target, surrogate, queries, database, database_images=_database_images(db_loader)
-    )
+        target, surrogate, (x, labels), database, database_images=_database_images(db_loader),
+        index=index,
+    )  # fmt: skip

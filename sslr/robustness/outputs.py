@@ -44,12 +44,14 @@ def read_csv(path: str | Path) -> list[RobustnessRow]:
 
 
 def _curves(rows: Sequence[RobustnessRow], panel: tuple) -> dict[tuple[str, str], list]:
-    """(attack, gradient) -> [(eps, score)] sorted by eps, for one (metric, norm) panel."""
+    """(attack, gradient) -> [(eps, score, ci_low, ci_high)] sorted by eps, for one (metric,
+    norm) panel (the interval None where a row has none)."""
     curves: dict[tuple[str, str], list] = {}
     for r in rows:
         if (r.metric, r.norm) == panel:
-            curves.setdefault((r.attack, r.gradient), []).append((r.eps, r.accuracy))
-    return {k: sorted(v) for k, v in curves.items()}
+            point = (r.eps, r.accuracy, r.ci_low, r.ci_high)
+            curves.setdefault((r.attack, r.gradient), []).append(point)
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in curves.items()}
 
 
 def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | None = None) -> Path:
@@ -67,16 +69,20 @@ def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | No
     for ax, (metric, norm) in zip(axes, panels, strict=True):
         scale = 255.0 if norm == "linf" else 1.0
         for (attack, gradient), points in _curves(rows, (metric, norm)).items():
-            eps, acc = zip(*points, strict=True)
-            ax.plot(
-                [e * scale for e in eps],
+            eps, acc, low, high = zip(*points, strict=True)
+            xs = [e * scale for e in eps]
+            color = _GRADIENT_COLORS.get(gradient)
+            line = ax.plot(
+                xs,
                 acc,
                 marker=_GRADIENT_MARKERS.get(gradient, "o"),
                 markersize=4,
-                color=_GRADIENT_COLORS.get(gradient),
+                color=color,
                 linestyle=_ATTACK_STYLES.get(attack, "-"),
                 label=f"{attack} / {gradient}",
-            )
+            )[0]
+            if None not in low and None not in high:  # the 95% interval as a band
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_xlabel("eps (L-inf, /255)" if norm == "linf" else "eps (L2, pixel units)")
         ax.set_ylabel(metric)
         ax.set_ylim(-0.02, 1.02)
@@ -84,7 +90,8 @@ def plot_curves(rows: Sequence[RobustnessRow], path: str | Path, title: str | No
         ax.legend(fontsize=7, title="attack / gradient", title_fontsize=7, handlelength=3.5)
         n = rows[0].n if rows else 0
         name = f"{metric}, " if metric != "accuracy" else ""
-        ax.set_title(f"{title + ': ' if title else ''}{name}{norm}, n = {n}", fontsize=9)
+        bands = ", bands: 95% interval" if any(r.ci_low is not None for r in rows) else ""
+        ax.set_title(f"{title + ': ' if title else ''}{name}{norm}, n = {n}{bands}", fontsize=9)
     fig.tight_layout()
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return path

@@ -33,6 +33,12 @@ def select_subset(data, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.
     DataModule, whose test split is used). The same seed gives the same images, in dataset
     order; a split smaller than ``n_samples`` is used whole. Returned on the CPU, as ordinary
     tensors even under Lightning's inference mode (attacks need autograd on them)."""
+    x, y, _ = draw_subset(data, n_samples, seed)
+    return x, y
+
+
+def draw_subset(data, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """:func:`select_subset`, and the images' indices in their split (ascending)."""
     with torch.inference_mode(False):
         dataset = _indexable(data)
         total = len(dataset)
@@ -51,4 +57,4 @@ def select_subset(data, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.
             f"Expected (image (C, H, W), class index) items, got shapes {tuple(x.shape[1:])} and "
             f"{tuple(y.shape[1:])}"
         )
-    return x, y
+    return x, y, index

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslr.outcomes import FILE as OUTCOMES_FILE
+from sslr.outcomes import write_outcomes
 from sslr.robustness.attacks import bound_excess, check_bounds
 from sslr.robustness.classification import ClassificationEvaluation
 from sslr.robustness.config import DEFAULT_GRADIENTS, GradientSource, Norm, SuiteConfig
@@ -44,8 +46,9 @@ from sslr.robustness.shards import (
     batch_seed,
     cell_key,
 )
-from sslr.robustness.subset import select_subset
+from sslr.robustness.subset import draw_subset
 from sslr.robustness.target import AttackTarget, as_target
+from sslr.stats import interval
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0  # the longest silence while a cell runs
@@ -54,10 +57,16 @@ HEARTBEAT_S = 10.0  # the longest silence while a cell runs
 @dataclass
 class SuiteResult:
     """The rows of a suite, and per cell ``(attack, norm, gradient, eps)`` the per-image
-    outcomes (classification: bool (N,), still correct; hashing: codes (N, K))."""
+    outcomes (classification: bool (N,), still correct; hashing: codes (N, K)) and what each
+    image adds to the cell's score (``per_unit``, keyed by ``(attack, norm, gradient, eps,
+    metric)``: float64 (N,), 1/0 correct or not; hashing: each query's AP or t-AP), the worst
+    case included; ``index``: the images' indices
+    in their split (what ``outcomes.json`` keys them by)."""
 
     rows: list[RobustnessRow] = field(default_factory=list)
     per_image: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    per_unit: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    index: list[int] = field(default_factory=list)
     gradients: int = 0  # input gradients the attacks took on the attacked model
     degenerate: int = 0  # of which all zero or not finite
 
@@ -282,7 +291,16 @@ WORST = "worst"
 WORST_GRADIENT = "any"
 
 
-def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
+def _row(attack, norm, eps, steps, gradient, value, n, metric, units, seed) -> RobustnessRow:
+    """A cell's row, with the 95% interval of its score from the per-image ``units``."""
+    low, high = interval(metric, units.tolist(), seed)
+    return RobustnessRow(
+        attack=attack, norm=norm, eps=eps, steps=steps, gradient=gradient, accuracy=value, n=n,
+        metric=metric, ci_low=round(low, 6), ci_high=round(high, 6),
+    )  # fmt: skip
+
+
+def worst_rows(result: SuiteResult, n: int, seed: int = 0) -> list[RobustnessRow]:
     """Per norm and eps, the per-image worst case over every attack and gradient source that
     ran (an image is robust only if every cell left it correctly classified): the robust
     accuracy to quote. Classification (for hashing see :func:`hashing_worst_rows`). The
@@ -294,30 +312,34 @@ def worst_rows(result: SuiteResult, n: int) -> list[RobustnessRow]:
     rows = []
     for (norm, eps), parts in groups.items():
         robust = _robust_everywhere(parts)
-        result.per_image[(WORST, norm, WORST_GRADIENT, eps)] = robust
+        key = (WORST, norm, WORST_GRADIENT, eps)
+        result.per_image[key] = robust
+        units = robust.double().cpu()
+        result.per_unit[(*key, "accuracy")] = units
         value = int(robust.sum()) / max(robust.numel(), 1)
-        rows.append(_worst_row(norm, eps, value, n, "accuracy"))
+        rows.append(_row(WORST, norm, eps, 0, WORST_GRADIENT, value, n, "accuracy", units, seed))
     return rows
 
 
-def _worst_row(norm: str, eps: float, value: float, n: int, metric: str) -> RobustnessRow:
-    return RobustnessRow(
-        attack=WORST, norm=norm, eps=eps, steps=0, gradient=WORST_GRADIENT,
-        accuracy=value, n=n, metric=metric,
-    )  # fmt: skip
-
-
-def hashing_worst_rows(query_scores: dict[tuple, list[torch.Tensor]], n: int) -> list:
+def hashing_worst_rows(
+    query_scores: dict[tuple, list[torch.Tensor]],
+    n: int,
+    result: SuiteResult | None = None,
+    seed: int = 0,
+) -> list:
     """Hashing's worst case, per metric, norm and eps, over every attack and gradient source
     that ran: each query's lowest AP over the untargeted cells (``mAP``) and its highest
     targeted AP over the targeted ones (``t-mAP``, which an attack drives up), averaged over
-    the queries. Like classification's ``worst``, it is at least as strong as every cell."""
+    the queries. Like classification's ``worst``, it is at least as strong as every cell.
+    The per-query values go to ``result.per_unit`` when given."""
     rows = []
     for (metric, norm, eps), parts in query_scores.items():
         stacked = torch.stack(parts)
-        per_query = stacked.amax(0) if metric == "t-mAP" else stacked.amin(0)
+        per_query = (stacked.amax(0) if metric == "t-mAP" else stacked.amin(0)).double().cpu()
         value = float(per_query.mean()) if per_query.numel() else 0.0
-        rows.append(_worst_row(norm, eps, value, n, metric))
+        if result is not None:
+            result.per_unit[(WORST, norm, WORST_GRADIENT, eps, metric)] = per_query
+        rows.append(_row(WORST, norm, eps, 0, WORST_GRADIENT, value, n, metric, per_query, seed))
     return rows
 
 
@@ -414,29 +436,27 @@ def run_cells(
             for name, per_image in outcomes.items():
                 steps = spec.steps(config) if name == spec.name else spec.member_steps(config, name)
                 value = evaluation.score(context, per_image)
-                row = RobustnessRow(
-                    attack=name,
-                    norm=norm.value,
-                    eps=eps,
-                    steps=steps,
-                    gradient=source.value,
-                    accuracy=float(value),
-                    n=n,
-                    metric=metric,
-                )
-                result.per_image[(name, norm.value, source.value, eps)] = per_image
-                if evaluation.task == "hashing" and "/" not in name:
-                    per_query = evaluation.per_query(context, per_image)
-                    query_scores.setdefault((metric, norm.value, eps), []).append(per_query)
+                key = (name, norm.value, source.value, eps)
+                if evaluation.task == "hashing":
+                    units = evaluation.per_query(context, per_image).double().cpu()
+                    if "/" not in name:
+                        query_scores.setdefault((metric, norm.value, eps), []).append(units)
+                else:
+                    units = per_image.double().cpu()
+                result.per_image[key] = per_image
+                result.per_unit[(*key, metric)] = units
+                row = _row(name, norm.value, eps, steps, source.value, float(value), n, metric, units, config.seed)  # fmt: skip
                 result.rows.append(row)
                 log.debug("%s", row)
             if eps > 0:
                 value = evaluation.score(context, outcomes[spec.name])
                 meter.finished(what, metric, value)
     if evaluation.task == "classification":
-        result.rows.extend(worst_rows(result, n))
+        result.rows.extend(worst_rows(result, n, config.seed))
     else:
-        result.rows.extend(hashing_worst_rows(query_scores, n))
+        result.rows.extend(hashing_worst_rows(query_scores, n, result, config.seed))
+    index = getattr(evaluation, "index", None)
+    result.index = [int(i) for i in (range(n) if index is None else index)]
     result.gradients = counts.get("gradients", 0)
     result.degenerate = counts.get("degenerate", 0)
     return result
@@ -553,8 +573,10 @@ def suite_evaluation(target, data, config: SuiteConfig, surrogate=None, shard: S
         target = as_hashing_target(target)
         surrogate = None if surrogate is None else as_hashing_target(surrogate)
         return hashing_evaluation(target, data, config, surrogate, shard)
-    x, y = select_subset(data, config.n_samples, config.seed)
-    return classification_evaluation(target, x, y, config, surrogate)
+    x, y, index = draw_subset(data, config.n_samples, config.seed)
+    evaluation = classification_evaluation(target, x, y, config, surrogate)
+    evaluation.index = index
+    return evaluation
 
 
 @dataclass
@@ -629,6 +651,7 @@ def run_suite(
     )
     if result is not None:
         result.rows[:], result.per_image = done.rows, done.per_image
+        result.per_unit, result.index = done.per_unit, done.index
         result.gradients, result.degenerate = done.gradients, done.degenerate
     rows = done.rows
     if shard.rank != 0:  # every process holds the rows; one writes and logs them
@@ -638,9 +661,17 @@ def run_suite(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out_dir / "robustness.csv")
+        write_outcomes_of(done, out_dir / OUTCOMES_FILE, config.seed)
         png = plot_curves(rows, out_dir / "robustness.png")
     log_rows(rows, loggers, step=step, png=png, run_meta=_run_meta(target, data))
     return rows
+
+
+def write_outcomes_of(result: SuiteResult, path: Path, seed: int) -> Path:
+    """``outcomes.json`` (:mod:`sslr.outcomes`) of a suite's result: every cell's per-image
+    values, keyed by the images' indices in their split."""
+    cells = {key: units.tolist() for key, units in result.per_unit.items()}
+    return write_outcomes(path, result.index, cells, seed)
 
 
 def _run_meta(target, data) -> dict:

@@ -9,6 +9,8 @@ import csv
 import logging
 import shutil
 
+import pytest
+
 from sslr.cli import main
 
 
@@ -34,6 +36,7 @@ def test_attack_writes_reference_rows_worst_rows_and_masking_csv(
         "apgd-dlr",
         "autoattack/apgd-ce",
         "autoattack/apgd-t",
+        "autoattack/fab-t",
         "autoattack/square",
         "autoattack",
         "square",
@@ -47,7 +50,7 @@ def test_attack_writes_reference_rows_worst_rows_and_masking_csv(
             for r in rows
             if r["attack"] != "worst" and (r["norm"], r["eps"]) == (w["norm"], w["eps"])
         ]
-        assert len(covered) == 7 and float(w["accuracy"]) <= min(covered)
+        assert len(covered) == 8 and float(w["accuracy"]) <= min(covered)
     clean = float(next(r["accuracy"] for r in worst if float(r["eps"]) == 0))
     assert clean > 0.5  # a trained model: far above chance
     with open(folder / "masking.csv") as f:
@@ -95,3 +98,44 @@ def test_an_offline_wandb_attack_run_has_the_robustness_table(bp_digits_run, tmp
         ("worst", "any"),
     }
     assert sorted({d["eps"] for d in data}) == [0.0, 0.03]
+
+
+def test_attack_folder_keeps_per_image_outcomes_and_intervals(
+    bp_digits_run, tmp_path, capsys, caplog
+):
+    """outcomes.json holds every cell's per-image outcomes keyed by the images' split indices:
+    each cell's mean is its robustness.csv accuracy, the worst case is the AND of the cells, and
+    each row's interval is Wilson's for its count; the verdict's rule_vs_exact is paired."""
+    from sslr.outcomes import read_outcomes
+    from sslr.results import read_rows
+    from sslr.stats import wilson
+
+    caplog.set_level(logging.INFO)  # the table goes through Lightning's rank-zero logger
+    run = tmp_path / "run"
+    shutil.copytree(bp_digits_run, run)
+    args = ["attack", "--config", str(run / "config.yaml")]
+    args += ["--ckpt_path", str(run / "checkpoints" / "best.ckpt")]
+    args += ["--suite.attacks", "[fgsm, pgd]", "--suite.n_samples", "24", "--suite.steps", "3"]
+    args += ["--suite.eps", "[0, 0.03]", "--suite.gradients", "[rule, exact]"]
+    assert main(args) == 0
+    (folder,) = (run / "attacks").iterdir()
+    rows = read_rows(folder / "robustness.csv")
+    found = read_outcomes(folder / "outcomes.json")
+    assert len(found.index) == 24 and found.index == sorted(set(found.index))
+    assert found.seed == 0 and all(i >= 0 for i in found.index)
+    for row in rows:
+        values = found.values(row.attack, row.norm, row.gradient, row.eps)
+        assert values is not None and len(values) == row.n == 24, row
+        assert sum(values) / 24 == pytest.approx(row.accuracy)
+        assert (row.ci_low, row.ci_high) == pytest.approx(wilson(round(sum(values)), 24), abs=1e-6)
+        assert row.ci_low <= row.accuracy <= row.ci_high
+    cells = [k for k in found.cells if k[0] != "worst" and k[3] == 0.03]
+    worst = found.values("worst", "linf", "any", 0.03)
+    assert worst == [float(all(found.cells[k][i] for k in cells)) for i in range(24)]
+    clean = found.values("worst", "linf", "any", 0.0)
+    assert all(found.values(a, n, g, 0.0) == clean for a, n, g, _, _ in cells)
+    with open(folder / "masking.csv") as f:
+        checks = {c["check"]: c for c in csv.DictReader(f)}
+    assert checks["rule_vs_exact"]["test"] == "exact McNemar"
+    out = capsys.readouterr()
+    assert "[95% interval: Wilson]" in out.out + out.err + caplog.text

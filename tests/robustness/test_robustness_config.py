@@ -37,7 +37,7 @@ def test_defaults_are_the_documented_ones():
         ({"eps_l2": [float("nan")]}, "eps_l2 must be finite"),
         (
             {"attacks": ["pgdd"]},
-            "known attacks are fgsm, pgd, hag, p2p, dhta, apgd-ce, apgd-dlr, square, autoattack",
+            "known attacks are fgsm, pgd, hag, p2p, dhta, apgd-ce, apgd-dlr, fab-t, square, autoattack",
         ),
         ({"norms": ["l1"]}, "known norms are linf, l2"),
         ({"gradients": ["true"]}, "known gradient sources are rule, exact, eot, transfer"),
@@ -75,7 +75,7 @@ def test_transfer_without_surrogate_raises_before_work(target, test_subset, monk
     def no_work(*args, **kwargs):
         raise AssertionError("work started")
 
-    monkeypatch.setattr(suite, "select_subset", no_work)
+    monkeypatch.setattr(suite, "draw_subset", no_work)
     monkeypatch.setattr(suite, "attack_cell", no_work)
     monkeypatch.setattr(suite, "run_cells", no_work)
     config = SuiteConfig(gradients=["rule", "transfer"])
