@@ -306,7 +306,8 @@ def test_every_shipped_grid_parses_every_stage(spec, capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0, out[-2000:]
     grid = yaml.safe_load(spec.read_text())
-    stages = len(grid["backbones"]) * (1 + 2 * len(grid["rules"]))
+    seeds = len(grid.get("seeds", [0]))  # each fine-tuning and its attack once per seed
+    stages = len(grid["backbones"]) * (1 + 2 * len(grid["rules"]) * seeds)
     assert out.count("would run") == stages and "would write" in out
     assert list(tmp_path.iterdir()) == []
 
@@ -754,3 +755,286 @@ def test_bad_launcher_settings_fail_with_one_line(capsys, tmp_path, args, slurm,
     assert len(err) == 1 and err[0].startswith("sslr grid: error: "), err
     assert message in err[0]
     assert sorted(tmp_path.iterdir()) == [path]  # nothing submitted, nothing written
+
+
+# --------------------------------------------------------------------------- several seeds
+
+SEEDS_GRID = ROOT / "configs" / "grid" / "digits_seeds.yaml"
+# The smallest suite that still has a random subset and a transfer surrogate per seed.
+TINY_SUITE = {
+    "attacks": ["fgsm"],
+    "eps": [0, "8/255"],
+    "gradients": ["rule", "exact", "transfer"],
+    "n_samples": 8,
+    "batch_size": 8,
+}
+
+
+def seeds_grid(folder: Path, seeds, **extra) -> Path:
+    """The two-rule debug grid (bp, usf) with ``seeds: seeds`` instead of its ``seed: 0``."""
+    spec = yaml.safe_load(two_rule_grid(folder).read_text())
+    del spec["seed"]
+    path = folder / "seeds.yaml"
+    path.write_text(yaml.safe_dump({**spec, "seeds": list(seeds), **extra}))
+    return path
+
+
+def commands(output: str) -> dict[str, dict[str, str]]:
+    """A dry run's commands per stage label: each option's value (the last given), and the
+    grid's CSV logger's folder (its save_dir, name and version) as ``logger``."""
+    import shlex
+
+    found: dict[str, dict] = {}
+    label = None
+    for line in output.splitlines():
+        match = LINE.match(line)
+        if match:
+            label = match.group(3)
+        elif line.startswith("    sslr ") and label:
+            words = shlex.split(line.strip())[2:]
+            options = {}
+            for key, value in zip(words, words[1:], strict=False):
+                if key.startswith("--"):
+                    options[key] = value
+            loggers = [v for k, v in zip(words, words[1:], strict=False) if "CSVLogger" in v]
+            options["logger"] = yaml.safe_load(loggers[0])["trainer"]["logger"][0]["init_args"]
+            found[label] = options
+    return found
+
+
+def test_seeds_are_read_from_the_grid_file(tmp_path):
+    """`seeds: [...]` gives each fine-tuning a run per seed (its own folder and label); the
+    first seed is `seed`, the split's and the pretraining's; one seed keeps today's layout."""
+    from sslr.grid import load_grid
+
+    grid = load_grid(seeds_grid(tmp_path, [2, 0, 5]), out=tmp_path / "g")
+    assert grid.seeds == (2, 0, 5) and grid.seed == 2 and grid.several_seeds
+    assert grid.run_dir("resnet18", "usf", 5) == tmp_path / "g" / "resnet18" / "usf" / "seed5"
+    assert grid.label("finetune", "resnet18", "usf", 5) == "finetune resnet18/usf seed 5"
+    assert grid.label("attack", "resnet18", "bp", 0) == "attack resnet18/bp seed 0"
+    assert grid.label("pretrain", "resnet18", "bp") == "pretrain resnet18/bp"
+    assert grid.attack_suite("usf", 5)["seed"] == 5 and grid.attack_suite("bp", 0)["seed"] == 0
+    for seeds in ([3], None):
+        path = seeds_grid(tmp_path, [3]) if seeds else two_rule_grid(tmp_path, seed=3)
+        one = load_grid(path, out=tmp_path / "g")
+        assert one.seeds == (3,) and one.seed == 3 and not one.several_seeds
+        assert one.run_dir("resnet18", "usf", 3) == tmp_path / "g" / "resnet18" / "usf"
+        assert one.label("finetune", "resnet18", "usf", 3) == "finetune resnet18/usf"
+        assert "seed" not in one.attack_suite("usf", 3)  # attack.suite.seed, as before
+
+
+def test_one_seed_in_a_list_is_the_grid_of_one_seed(capsys, tmp_path):
+    """`seeds: [0]` runs exactly what `seed: 0` runs: the same stages and commands."""
+    dry = []
+    for path in (two_rule_grid(tmp_path), seeds_grid(tmp_path, [0])):
+        assert main(["grid", "--config", str(path), "--out", "g", "--dry-run"]) == 0
+        dry.append(capsys.readouterr().out)
+    assert dry[0] == dry[1] and "seed0" not in dry[0] and "--suite.seed" not in dry[0]
+    assert len(commands(dry[0])) == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"seed": 0, "seeds": [0, 1]}, "seed and seeds are both given: give seed: k or seeds: [k1, k2, ...]"),
+        ({"seeds": []}, "seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], got []"),
+        ({"seeds": 1}, "seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], got 1"),
+        ({"seeds": [0, 1, 0]}, "seeds lists 0 twice"),
+        ({"seeds": [0, "1"]}, "seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], got [0, '1']"),
+        ({"seeds": [0, 1.5]}, "seeds must be a non-empty list of integers >= 0"),
+        ({"seeds": [True, 2]}, "seeds must be a non-empty list of integers >= 0"),
+        ({"seeds": [-1, 2]}, "seeds must be a non-empty list of integers >= 0"),
+        ({"seeds": [0, 1], "attack": {"suite": {"seed": 3}}}, "attack.suite.seed is set by the grid when it has several seeds"),
+    ],
+)  # fmt: skip
+def test_bad_seeds_fail_with_one_line(capsys, tmp_path, extra, message):
+    spec = {"base_config": BASE, "backbones": ["resnet18"], "rules": ["bp", "usf"], **extra}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["grid", "--config", str(path), "--out", "g"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslr grid: error: "), err
+    assert message in err[0]
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_dry_run_of_several_seeds_lists_a_run_per_seed(capsys, tmp_path):
+    """digits_seeds.yaml (bp, usf; seeds 0, 1): one pretraining (the first seed), then per seed
+    the fine-tunes and their attacks, with the seed's --seed_everything, --model.seed,
+    --data.seed and --suite.seed, its seed<k>/ folder and bp's model of the same
+    seed as the transfer surrogate; the launchers' graph waits per seed. Nothing is written."""
+    from sslr.grid import load_grid
+    from sslr.grid.launch import stage_graph
+    from sslr.grid.stages import stage_folder
+
+    code = main(["grid", "--config", str(SEEDS_GRID), "--out", "g", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("would run") == 9 and "would write g/report.md" in out
+    assert out.splitlines()[0].endswith("resnet18 x bp, usf x seeds 0, 1 -> g (10 stages, dry run)")
+    found = commands(out)
+    order = ["pretrain resnet18/bp"] + [
+        f"{s} resnet18/{r} seed {k}" for k in (0, 1) for s in ("finetune", "attack") for r in TWO_RULES
+    ]  # fmt: skip
+    assert list(found) == order
+    pretrain = found["pretrain resnet18/bp"]
+    assert pretrain["--seed_everything"] == pretrain["--model.seed"] == "0"
+    assert pretrain["--data.seed"] == "0"
+    assert pretrain["logger"] == {"name": "resnet18", "save_dir": "g", "version": "pretrain"}
+    for k in (0, 1):
+        for rule in TWO_RULES:
+            run = f"g/resnet18/{rule}/seed{k}"
+            fit = found[f"finetune resnet18/{rule} seed {k}"]
+            assert fit["--model.rule"] == rule
+            assert fit["--seed_everything"] == fit["--model.seed"] == str(k)
+            assert fit["--data.seed"] == str(k)  # the order, augmentation, validation split
+            assert fit["--model.pretrained_ckpt"] == "g/resnet18/pretrain/checkpoints/best.ckpt"
+            assert fit["logger"] == {"name": rule, "save_dir": "g/resnet18", "version": f"seed{k}"}
+            attack = found[f"attack resnet18/{rule} seed {k}"]
+            assert attack["--seed_everything"] == attack["--model.seed"] == str(k)
+            assert attack["--data.seed"] == attack["--suite.seed"] == str(k)
+            assert attack["--ckpt_path"] == f"{run}/checkpoints/best.ckpt"
+            assert attack["--out_dir"] == run
+            assert attack["logger"] == {"name": f"seed{k}", "save_dir": f"g/resnet18/{rule}", "version": "attack"}  # fmt: skip
+            surrogate = attack.get("--suite.surrogate_ckpt")
+            expected = None if rule == "bp" else f"g/resnet18/bp/seed{k}/checkpoints/best.ckpt"
+            assert surrogate == expected
+    assert list(tmp_path.iterdir()) == []
+
+    grid = load_grid(SEEDS_GRID, out=tmp_path / "g")
+    after = {stage.label: stage.after for stage in stage_graph(grid)}
+    assert list(after) == [*order, "report"]
+    assert after["finetune resnet18/usf seed 1"] == ("pretrain resnet18/bp",)
+    assert after["attack resnet18/usf seed 1"] == (
+        "finetune resnet18/usf seed 1",
+        "finetune resnet18/bp seed 1",
+    )
+    assert after["attack resnet18/bp seed 0"] == ("finetune resnet18/bp seed 0",)
+    names = {stage_folder(grid.out, label).name for label in after}
+    assert "attack-resnet18-usf-seed-1" in names and len(names) == len(after)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", name) for name in names)
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A 2-seed grid of bp and usf with the tiniest attack suite, run once for the module:
+    its grid file, its folder and the output."""
+    folder = tmp_path_factory.mktemp("seeds_grid")
+    path, out = seeds_grid(folder, [0, 1], attack={"suite": TINY_SUITE}), folder / "grid"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        code = main(["grid", "--config", str(path), "--out", str(out)])
+    assert code == 0, text.getvalue()[-2000:]
+    return path, out, text.getvalue()
+
+
+def test_several_seeds_run_each_fine_tune_per_seed_then_skip(capsys, seeds_run):
+    """Every fine-tune and attack ran once per seed into its seed<k>/ folder, with that seed
+    (its config.yaml, the checkpoint's hyperparameters, the attack's suite and surrogate); the
+    seeds give different weights but the same test images; sslr report finds every run; a second run skips every stage and
+    writes nothing, and --status says each one is done."""
+    import torch
+
+    from sslr.grid.launch import run_stage
+    from sslr.grid.markers import sha256
+    from sslr.report_records import find_run_dirs
+
+    path, out, said = seeds_run
+    stages = progress(said)
+    labels = ["pretrain resnet18/bp"] + [
+        f"{s} resnet18/{r} seed {k}" for k in (0, 1) for s in ("finetune", "attack") for r in TWO_RULES
+    ]  # fmt: skip
+    assert list(stages) == [*labels, "report"] and ran(stages) == {*labels, "report"}
+    pretrain = json.loads((out / "resnet18" / "pretrain" / "done.json").read_text())
+    assert pretrain["inputs"]["seed"] == 0 and not (out / "resnet18" / "bp" / "done.json").exists()
+    fits = {}
+    for k in (0, 1):
+        for rule in TWO_RULES:
+            run_dir = out / "resnet18" / rule / f"seed{k}"
+            done = json.loads((run_dir / "done.json").read_text())
+            assert done["checkpoint"].startswith(f"resnet18/{rule}/seed{k}/checkpoints/")
+            assert done["sha256"] == sha256(out / done["checkpoint"])
+            assert done["inputs"]["seed"] == k and "data_seed" not in done["inputs"]
+            assert done["inputs"]["start"] == pretrain["sha256"]
+            fits[rule, k] = done
+            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            assert config["seed_everything"] == k
+            assert config["model"]["init_args"]["seed"] == k
+            assert config["data"]["init_args"]["seed"] == k
+            hparams = torch.load(out / done["checkpoint"], map_location="cpu", weights_only=False)
+            assert hparams["hyper_parameters"]["seed"] == k
+            assert hparams["datamodule_hyper_parameters"]["seed"] == k
+            fits[rule, k, "weights"] = hparams["state_dict"]
+            attack = json.loads((run_dir / "attack" / "done.json").read_text())
+            assert attack["inputs"]["checkpoint"] == done["sha256"]
+            assert attack["inputs"]["suite"]["seed"] == k
+            suite = yaml.safe_load((run_dir / "suite.yaml").read_text())
+            assert suite["seed"] == k and suite["n_samples"] == 8
+            rows = robustness(run_dir)
+            assert all(int(r["n"]) == 8 for r in rows)
+            gradients = {r["gradient"] for r in rows if r["attack"] == "fgsm"}
+            assert gradients == ({"rule", "exact"} | (set() if rule == "bp" else {"transfer"}))
+    for k in (0, 1):  # usf's transfer surrogate: bp's model of the same seed
+        attack = json.loads((out / "resnet18/usf" / f"seed{k}" / "attack/done.json").read_text())
+        assert attack["inputs"]["surrogate"] == fits["bp", k]["sha256"]
+        suite = yaml.safe_load((out / "resnet18/usf" / f"seed{k}" / "suite.yaml").read_text())
+        assert suite["surrogate_ckpt"].endswith(f"resnet18/bp/seed{k}/checkpoints/best.ckpt")
+    for rule in TWO_RULES:  # the two seeds' fine-tunes are two models, bp's too
+        assert fits[rule, 0]["sha256"] != fits[rule, 1]["sha256"]
+        one, two = fits[rule, 0, "weights"], fits[rule, 1, "weights"]
+        assert any(not torch.equal(one[k], two[k]) for k in one if one[k].is_floating_point())
+    # ... attacked on the same test images where the suite seed draws the same subset: the
+    # subset is drawn from the test split, which data.seed leaves alone.
+    from sslr.data import Digits
+
+    tests = []
+    for k in (0, 1):
+        dm = Digits(seed=k)
+        dm.setup("test")
+        dataset = dm.test_dataloader().dataset
+        tests.append(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))]))
+    assert torch.equal(*tests)
+    # The report's run folders: the four seed<k>/ folders (and the pretraining), their
+    # attack/ folders part of them.
+    found = {p.resolve().relative_to(out.resolve()).as_posix() for p in find_run_dirs([out])}
+    runs = {f"resnet18/{r}/seed{k}" for r in TWO_RULES for k in (0, 1)}
+    assert found == {*runs, "resnet18/pretrain"}
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    report = json.loads((out / "done.json").read_text())["inputs"]
+    assert [(row[0], row[1], row[2], row[-1]) for row in report] == [
+        ("resnet18", r, fits[r, k]["sha256"], k) for k in (0, 1) for r in TWO_RULES
+    ]
+
+    # Again: every stage skipped, not one file written; --status: each stage done.
+    before = files(out)
+    code, stages = grid(capsys, "--config", str(path), "--out", str(out))
+    assert code == 0 and list(stages) == [*labels, "report"] and not ran(stages)
+    assert files(out) == before
+    code, _ = grid(capsys, "--config", str(path), "--out", str(out), "--status")
+    status = dict(line.removeprefix("sslr grid: ").split(": ", 1) for line in grid.out.splitlines())
+    assert code == 0 and list(status) == [*labels, "report"]
+    assert all(state.startswith("done ") for state in status.values())
+    # A launcher's job of one seed's stage: done, so skipped; a label without its seed is none.
+    assert run_stage(str(path), str(out), "attack resnet18/usf seed 1")["ran"] == 0
+    with pytest.raises(Exception, match="no stage 'attack resnet18/usf' in the grid"):
+        run_stage(str(path), str(out), "attack resnet18/usf")
+    assert files(out) == before
+
+
+def test_a_folder_of_the_other_seed_layout_is_refused(capsys, tmp_path, seeds_run):
+    """A grid of one seed on a folder of several seeds' runs (or the reverse) fails with one
+    line before any stage: the runs would nest in each other's folders."""
+    _, out, _ = seeds_run
+    before = files(out)
+    assert main(["grid", "--config", str(two_rule_grid(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds runs of a grid with several seeds (seed0/, seed1/)" in err[0]
+    assert files(out) == before
+
+    single = tmp_path / "single" / "resnet18" / "bp"
+    single.mkdir(parents=True)
+    (single / "config.yaml").write_text("seed_everything: 0\n")
+    path = seeds_grid(tmp_path, [0, 1])
+    assert main(["grid", "--config", str(path), "--out", str(tmp_path / "single")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the run of a grid with one seed" in err[0]
+    assert sorted(p.name for p in single.iterdir()) == ["config.yaml"]

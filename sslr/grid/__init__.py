@@ -16,6 +16,13 @@ cell shows "–"), then one report over all of them. Each stage runs the CLI use
     <out>/<backbone>/<rule>/attack/  the attack's logs and its done.json
     <out>/report.md                  with report.csv, the PNGs and its done.json beside it
 
+With ``seeds: [0, 1, 2]`` instead of ``seed: 0`` every fine-tuning (and its attack) runs once
+per seed, into ``<out>/<backbone>/<rule>/seed<k>/`` (its ``attack/`` inside), as the stages
+``finetune resnet18/usf seed 1`` and ``attack resnet18/usf seed 1``: ``--seed_everything``,
+``--model.seed``, ``--data.seed`` (validation split, order, augmentation; not the test split)
+and the attack's ``--suite.seed`` are the seed, the pretraining runs once with the first; an attack's transfer surrogate is bp's
+fine-tuning of the same seed. With one seed the layout is the one above.
+
 Resumable: a stage is skipped when its ``done.json`` (written atomically once the stage has
 finished) records the same inputs: the configs' contents, epochs, args, seed, and the sha256 of
 the checkpoint it starts from or attacks (and of the transfer surrogate); a fit, moreover, only

@@ -3,7 +3,8 @@ the application's Python entry points :func:`sslr.cli.run` (run one) and
 :func:`sslr.cli.parse` (check one without running it) take them.
 
 Every stage of a kind shares its configs and ``args``; the grid sets the backbone, the rule,
-the seeds, the epochs, the checkpoint it starts from or attacks, and where the run goes
+the seeds (the run's own for ``--seed_everything``, ``--model.seed`` and, with several seeds,
+the attack's ``--suite.seed`` and ``--data.seed``), the epochs, the checkpoint it starts from or attacks, and where the run goes
 (a CSV logger in the grid's layout, the configured loggers after it).
 """
 
@@ -45,23 +46,31 @@ class StageCommands:
         start: Path | None = None,
         ckpt: Path | None = None,
         surrogate: Path | None = None,
+        seed: int | None = None,
         probe: bool = False,
     ) -> list[str]:
         """``fit`` for pretrain/finetune (from ``start``, the pretrained checkpoint), ``attack``
         for attack (of ``ckpt``, its model rebuilt from the fine-tune's own arguments, with the
-        rule's suite, :meth:`Grid.attack_suite`, and ``surrogate`` the transfer surrogate).
+        rule's suite, :meth:`Grid.attack_suite`, and ``surrogate`` the transfer surrogate);
+        ``seed``: the fine-tuning's (default the first; the pretraining's is always the first).
         ``probe``: without the grid's logger and T_max (what :meth:`check` parses)."""
         grid = self.grid
-        seed = str(grid.seed)
+        if seed is None or kind == "pretrain":
+            seed = grid.seed
         args = ["attack" if kind == "attack" else "fit", *self.config_args]
         if not probe:
-            args += ["--config", self._logger_overlay(kind, backbone, rule)]
-        args += ["--model.backbone", backbone, "--model.rule", rule, "--seed_everything", seed]
-        args += ["--model.seed", seed, "--data.seed", seed]
+            args += ["--config", self._logger_overlay(kind, backbone, rule, seed)]
+        args += ["--model.backbone", backbone, "--model.rule", rule]
+        args += ["--seed_everything", str(seed), "--model.seed", str(seed)]
+        # data.seed: the validation split, the training order and the augmentation. The test
+        # split does not depend on it (a fixed split seed, or the dataset's own test set), so
+        # every seed's attack draws from the same test images.
+        args += ["--data.seed", str(seed)]
         if kind == "attack":
             args += [*grid.finetune_args, "--ckpt_path", str(ckpt)]
-            args += ["--out_dir", str(grid.out / backbone / rule)]  # the run's own folder
-            for key, value in grid.attack_suite(rule).items():  # bp's has no transfer
+            args += ["--out_dir", str(grid.run_dir(backbone, rule, seed))]  # the run's own folder
+            # bp's has no transfer; with several seeds, its seed is the run's.
+            for key, value in grid.attack_suite(rule, seed).items():
                 # A string as it is: JSON's quotes would be part of the value to the parser.
                 text = value if isinstance(value, str) else json.dumps(value)
                 args += [f"--suite.{key}", text]
@@ -101,16 +110,21 @@ class StageCommands:
                     f"not parse: {message}"
                 ) from None
 
-    def _logger_overlay(self, kind: str, backbone: str, rule: str) -> str:
+    def _logger_overlay(self, kind: str, backbone: str, rule: str, seed: int) -> str:
         """A --config (one-line YAML) putting the run in the grid's layout: a CSVLogger first,
         the configured loggers after it (TensorBoard in the same folder; others renamed)."""
         out = self.grid.out
-        if kind == "attack":
-            save_dir, name, version = out / backbone, rule, "attack"
-            run_name = f"{backbone}_{rule}_attack"
-        else:
-            version = "pretrain" if kind == "pretrain" else rule
-            save_dir, name, run_name = out, backbone, f"{backbone}_{version}"
+        if kind == "pretrain":
+            save_dir, name, version = out, backbone, "pretrain"
+        elif kind == "attack":  # <save_dir>/<name>/<version>: the run folder's attack/
+            run_dir = self.grid.run_dir(backbone, rule, seed)
+            save_dir, name, version = run_dir.parent, run_dir.name, "attack"
+        else:  # the run folder: <out>/<backbone>/<rule>, or its seed<k>/
+            run_dir = self.grid.run_dir(backbone, rule, seed)
+            save_dir, name, version = run_dir.parent.parent, run_dir.parent.name, run_dir.name
+        tail = f"_seed{seed}" if self.grid.several_seeds and kind != "pretrain" else ""
+        run_name = f"{backbone}_{'pretrain' if kind == 'pretrain' else rule}{tail}"
+        run_name += "_attack" if kind == "attack" else ""
         configured = self.settings[kind].get("trainer", {}).get("logger")
         entries = configured if isinstance(configured, list) else [configured]
         where = {"save_dir": str(save_dir), "name": name, "version": version}

@@ -6,17 +6,18 @@ each its own process, independent stages at once.
     sslr grid --config G.yaml --status                              # each stage's state
 
 The stages form a graph (:func:`stage_graph`): a backbone's pretraining, then its fine-tunings
-at once, then their attacks (one whose ``transfer`` surrogate is bp's fine-tuned model also
-waits for bp's fine-tuning), then the report. The submitting command drives it
-(:class:`Driver`): it submits what is ready, polls the jobs, and submits what became ready,
-printing each stage's state changes and an ETA. A job runs :func:`run_stage`, the same stage
-code as the inline launcher (:meth:`GridRun.run_one`), which writes the stage's ``done.json``:
-the markers stay the one record of what is done, so ``sslr grid`` run again after anything (a
-failed job, a crash of the submitting shell) resumes and never repeats a finished stage. A
-stage's lock (``<out>/.grid/<stage>/.sslr.lock``, held by whoever runs it) keeps one stage from
-running twice at once; the submitter holds the grid folder's lock, so a second ``sslr grid`` on
-the same folder is refused while it runs. The stage folder's ``job.json`` names its last job,
-its state and its log files (submitit's, in ``<out>/.grid/jobs/``).
+at once (every rule's, of every seed), then their attacks (one whose ``transfer`` surrogate is
+bp's fine-tuned model also waits for bp's fine-tuning of the same seed), then the report. The
+submitting command drives it (:class:`Driver`): it submits what is ready, polls the jobs, and
+submits what became ready, printing each stage's state changes and an ETA. A job runs
+:func:`run_stage`, the same stage code as the inline launcher (:meth:`GridRun.run_one`), which
+writes the stage's ``done.json``: the markers stay the one record of what is done, so
+``sslr grid`` run again after anything (a failed job, a crash of the submitting shell) resumes and
+never repeats a finished stage. A stage's lock (``<out>/.grid/<stage>/.sslr.lock``, held by
+whoever runs it) keeps one stage from running twice at once; the submitter holds the grid
+folder's lock, so a second ``sslr grid`` on the same folder is refused while it runs. The stage
+folder's ``job.json`` names its last job, its state and its log files (submitit's, in
+``<out>/.grid/jobs/``).
 
 A job stopped by its time limit or preempted is requeued by submitit (:class:`StageJob`'s
 ``checkpoint``) and resumes its fit from ``last.ckpt`` (the grid's own resume). ``local`` runs
@@ -36,7 +37,15 @@ from pathlib import Path
 
 from sslr.grid.markers import now, read_json, write_json
 from sslr.grid.spec import KINDS, SLURM_DEFAULTS, SURROGATE, Grid, GridError
-from sslr.grid.stages import STAGES_DIR, GridRun, grid_context, stage_folder
+from sslr.grid.stages import (
+    STAGES_DIR,
+    GridRun,
+    check_layout,
+    grid_context,
+    marker_path,
+    seeds_shown,
+    stage_folder,
+)
 
 LAUNCHERS = ("inline", "local", "slurm")
 JOB = "job.json"  # in the stage folder: the launcher's last job of the stage
@@ -48,25 +57,31 @@ ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZI
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    label: str  # as the progress lines say it: "finetune resnet18/usf", "report"
+    label: str  # as the progress lines say it: "finetune resnet18/usf" (with several seeds
+    # "finetune resnet18/usf seed 1"), "report"
     kind: str  # pretrain, finetune, attack, report
     after: tuple[str, ...]  # the labels of the stages it consumes
 
 
 def stage_graph(grid: Grid) -> list[Stage]:
-    """The grid's stages in the inline launcher's order, each with the stages it waits for."""
+    """The grid's stages in the inline launcher's order, each with the stages it waits for:
+    per backbone its pretraining, then per seed the fine-tunings and their attacks (an attack
+    waits for its fine-tuning and bp's, the transfer surrogate, of the same seed)."""
     stages: list[Stage] = []
     for backbone in grid.backbones:
-        pretrain = () if grid.weights else (f"pretrain {backbone}/bp",)
+        pretrain = () if grid.weights else (grid.label("pretrain", backbone, "bp"),)
         if pretrain:
             stages.append(Stage(pretrain[0], "pretrain", ()))
-        for rule in grid.rules:
-            stages.append(Stage(f"finetune {backbone}/{rule}", "finetune", pretrain))
-        for rule in grid.rules:
-            after = [f"finetune {backbone}/{rule}"]
-            if SURROGATE in grid.rules and rule != SURROGATE:
-                after.append(f"finetune {backbone}/{SURROGATE}")
-            stages.append(Stage(f"attack {backbone}/{rule}", "attack", tuple(after)))
+        for seed in grid.seeds:
+            for rule in grid.rules:
+                label = grid.label("finetune", backbone, rule, seed)
+                stages.append(Stage(label, "finetune", pretrain))
+            for rule in grid.rules:
+                after = [grid.label("finetune", backbone, rule, seed)]
+                if SURROGATE in grid.rules and rule != SURROGATE:
+                    after.append(grid.label("finetune", backbone, SURROGATE, seed))
+                label = grid.label("attack", backbone, rule, seed)
+                stages.append(Stage(label, "attack", tuple(after)))
     fits = tuple(s.label for s in stages)
     stages.append(Stage("report", "report", fits))
     return stages
@@ -268,10 +283,12 @@ class Driver:
 
     def run(self) -> None:
         self.runner.commands.check()
+        check_layout(self.grid)
         n = len(self.stages)
         self.echo(
             f"sslr grid: {self.grid.name}: {', '.join(self.grid.backbones)} x "
-            f"{', '.join(self.grid.rules)} -> {self.grid.out} ({n} stages, --launcher "
+            f"{', '.join(self.grid.rules)}{seeds_shown(self.grid)} -> {self.grid.out} ({n} "
+            f"stages, --launcher "
             f"{self.launcher}"
             + (f", at most {self.max_parallel} at once)" if self.launcher == "local" else ")")
         )
@@ -341,7 +358,7 @@ class Driver:
         if self.runner.probe(stage.label):
             state[stage.label] = "done"
             self.skipped += 1
-            marker = _marker(self.grid.out, stage.label) or {}
+            marker = _marker(self.grid, stage.label) or {}
             self._say(state, stage.label, f"skipped (done {marker.get('finished', '')})")
             return
         holder = _lock_holder(stage_folder(self.grid.out, stage.label))
@@ -424,7 +441,7 @@ class Driver:
         _write_job(self.grid.out, label, item.job, self.launcher, "done")
         state[label] = "done"
         self.ran += 1
-        marker = _marker(self.grid.out, label) or {}
+        marker = _marker(self.grid, label) or {}
         seconds = marker.get("seconds", round(time.perf_counter() - item.began, 1))
         self._say(state, label, f"ran in {seconds} s (job {item.job.job_id})", finished=True)
 
@@ -455,7 +472,7 @@ def grid_status(grid: Grid, echo) -> dict[str, str]:
         if done:
             state, what = (
                 "done",
-                f"done {(_marker(grid.out, stage.label) or {}).get('finished', '')}",
+                f"done {(_marker(grid, stage.label) or {}).get('finished', '')}",
             )
         elif holder:
             state, what = "running", f"running ({holder}; log {record.get('stdout', '-')})"
@@ -510,13 +527,11 @@ def _alive(out: Path, label: str, record: dict) -> bool:
 # --------------------------------------------------------------------------- helpers
 
 
-def _marker(out: Path, label: str) -> dict | None:
-    kind, _, where = label.partition(" ")
-    if kind == "report":
-        return read_json(out / "done.json")
-    backbone, _, rule = where.partition("/")
-    folder = out / backbone / ("pretrain" if kind == "pretrain" else rule)
-    return read_json((folder / "attack" if kind == "attack" else folder) / "done.json")
+def _marker(grid: Grid, label: str) -> dict | None:
+    try:
+        return read_json(marker_path(grid, label))
+    except GridError:
+        return None
 
 
 def _log(job) -> str:

@@ -9,6 +9,7 @@ The grid file (YAML; every key but ``base_config`` and ``backbones`` is optional
     backbones: [resnet18]
     rules: [bp, usf, frsf, brsf]      # the default
     seed: 0                           # seed_everything, model.seed and data.seed of every fit
+    # or seeds: [0, 1, 2]             # each fine-tuning (and its attack) once per seed
     pretrain: {epochs: 10, args: []}  # or {weights: IMAGENET1K_V1} for no BP pretraining
     finetune: {epochs: 5, args: ["--optimizer.lr", "0.01"]}
     attack: {suite: {n_samples: 1000, eps: [0, 4/255, 8/255]}, args: []}
@@ -24,6 +25,17 @@ Paths of configs are relative to the grid file's folder; ``out`` is relative to 
 folder, as every sslr output is. ``args`` are extra command-line arguments of the stage's
 command, the same for every rule so budgets are equal; ``attack.suite`` holds
 ``sslr.robustness.SuiteConfig`` fields (epsilons may be written ``8/255``).
+
+``seeds`` (distinct integers >= 0; instead of ``seed``, not beside it) runs every fine-tuning
+once per seed: its ``--seed_everything``, ``--model.seed`` and ``--data.seed`` (the validation
+split, the training order and the augmentation; the test split does not depend on it) are that
+seed, and so is its attack's ``--suite.seed`` (the attacked subset and the random starts: within
+a seed every rule is attacked on the same images); the pretraining runs once per backbone with
+the first seed. With
+several seeds each run gets its own folder, ``<out>/<backbone>/<rule>/seed<k>/``, and its stages
+are labelled ``finetune resnet18/usf seed 1``; with one seed (``seed: k`` or ``seeds: [k]``) the
+layout, the labels and the commands are those of ``seed: k``, whose attacks keep
+``attack.suite.seed`` (default 0), which a grid of several seeds sets itself.
 
 ``slurm`` is read by ``sslr grid --launcher slurm`` only (which refuses a grid file without it;
 ``slurm: {}`` takes the cluster's defaults): ``partition``, ``account``, ``array_parallelism``,
@@ -42,7 +54,7 @@ from pathlib import Path
 
 import yaml
 
-KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed", "slurm")
+KEYS = ("name", "out", "base_config", "overlays", "backbones", "rules", "seed", "seeds", "slurm")
 STAGE_KEYS = {
     "pretrain": ("epochs", "args", "weights"),
     "finetune": ("epochs", "args"),
@@ -89,7 +101,8 @@ class Grid:
     overlays: tuple[Config, ...]
     backbones: tuple[str, ...]
     rules: tuple[str, ...]
-    seed: int
+    seed: int  # the first seed: the pretraining's seeds
+    seeds: tuple[int, ...]  # the fine-tunings' (and their attacks') seeds, seed first
     pretrain_epochs: int
     pretrain_args: tuple[str, ...]
     weights: str | None  # torchvision weights instead of BP pretraining
@@ -103,11 +116,35 @@ class Grid:
     def configs(self) -> tuple[Config, ...]:
         return (self.base_config, *self.overlays)
 
-    def attack_suite(self, rule: str) -> dict:
+    @property
+    def several_seeds(self) -> bool:
+        """Whether each fine-tuning runs once per seed, each in its own seed<k>/ folder."""
+        return len(self.seeds) > 1
+
+    def attack_suite(self, rule: str, seed: int | None = None) -> dict:
         """The suite of ``rule``'s attack stage: the grid's, but the surrogate's own (bp's)
         without the ``transfer`` gradient source, whose examples would be bp's own white-box
-        ones (``exact`` again, not a transfer measurement): its report cell stays empty."""
-        return _suite_of(self.suite, rule)
+        ones (``exact`` again, not a transfer measurement): its report cell stays empty. With
+        several seeds, ``seed`` (the fine-tuning's) is its suite's seed."""
+        suite = _suite_of(self.suite, rule)
+        if self.several_seeds:
+            suite["seed"] = self.seed if seed is None else seed
+        return suite
+
+    def run_dir(self, backbone: str, rule: str, seed: int | None = None) -> Path:
+        """The run folder of ``rule``'s fine-tuning (of ``seed``: with several seeds, each
+        has its own ``seed<k>/``), where its attack writes robustness.csv too."""
+        folder = self.out / backbone / rule
+        if self.several_seeds:
+            folder = folder / f"seed{self.seed if seed is None else seed}"
+        return folder
+
+    def label(self, kind: str, backbone: str, rule: str, seed: int | None = None) -> str:
+        """A stage's label: ``finetune resnet18/usf``, with several seeds ``... seed 1``."""
+        label = f"{kind} {backbone}/{rule}"
+        if self.several_seeds and kind in ("finetune", "attack"):
+            label += f" seed {self.seed if seed is None else seed}"
+        return label
 
 
 # --------------------------------------------------------------------------- the grid file
@@ -153,6 +190,12 @@ def _parse_grid(raw: dict, path: Path, out) -> Grid:
     rules = _names(raw.get("rules", list(DEFAULT_RULES)), "rules")
     _check_rules(rules)
     suite = _suite(attack.get("suite") or {}, "bp" in rules)
+    seeds = _seeds(raw)
+    if len(seeds) > 1 and "seed" in suite:
+        raise GridError(
+            "attack.suite.seed is set by the grid when it has several seeds (each attack's is "
+            "its fine-tuning's seed): drop it"
+        )
     return Grid(
         name=name,
         out=Path(out or raw.get("out") or Path("runs", "grid", name)),
@@ -162,7 +205,8 @@ def _parse_grid(raw: dict, path: Path, out) -> Grid:
         ),
         backbones=_backbones(_names(raw["backbones"], "backbones")),
         rules=rules,
-        seed=_int(raw.get("seed", 0), "seed", minimum=0),
+        seed=seeds[0],
+        seeds=seeds,
         pretrain_epochs=_int(pretrain.get("epochs", DEFAULT_EPOCHS["pretrain"]), "pretrain.epochs"),
         pretrain_args=_args(pretrain, "pretrain"),
         weights=None if weights is None else str(weights),
@@ -243,6 +287,27 @@ def _names(value, key: str) -> tuple[str, ...]:
         if values.count(v) > 1:
             raise GridError(f"{key} lists {v!r} twice")
     return tuple(values)
+
+
+def _seeds(raw: dict) -> tuple[int, ...]:
+    """``seed: k`` (default 0) or ``seeds: [k1, k2, ...]``, distinct integers >= 0."""
+    if "seeds" not in raw:
+        return (_int(raw.get("seed", 0), "seed", minimum=0),)
+    if "seed" in raw:
+        raise GridError("seed and seeds are both given: give seed: k or seeds: [k1, k2, ...]")
+    seeds = raw["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise GridError(
+            f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], got {seeds!r}"
+        )
+    for seed in seeds:
+        if seeds.count(seed) > 1:
+            raise GridError(f"seeds lists {seed} twice")
+    return tuple(seeds)
 
 
 def _check_rules(rules: tuple[str, ...]) -> None:

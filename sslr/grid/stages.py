@@ -1,6 +1,7 @@
 """The grid's stages, run in order: BP pretraining once per backbone (or torchvision weights),
-fine-tuning with each rule from that checkpoint, the attack suite on every fine-tuned model,
-then one report. Each stage is skipped when its marker records the same inputs, and says what
+fine-tuning with each rule from that checkpoint (once per seed: a seed's fine-tunings, then
+their attacks, then the next seed's), the attack suite on every fine-tuned model, then one
+report. Each stage is skipped when its marker records the same inputs, and says what
 it did on one progress line (``sslr grid: [i/n] label: what; k left, ETA s``).
 
 A fit is done only while its checkpoint is the one its marker records (its sha256, each
@@ -42,7 +43,7 @@ class GridRun:
         self.grid = grid
         self.dry_run = dry_run
         self.echo = echo or say_now
-        n_fit = len(grid.rules) * 2 + (0 if grid.weights else 1)
+        n_fit = len(grid.rules) * 2 * len(grid.seeds) + (0 if grid.weights else 1)
         self.total = len(grid.backbones) * n_fit + 1
         self.index = 0
         self.ran = 0
@@ -63,26 +64,30 @@ class GridRun:
         grid = self.grid
         if not self.commands.settings:
             self.commands.check()
+        check_layout(grid)
         dry = ", dry run" if self.dry_run else ""
         self.echo(
-            f"sslr grid: {grid.name}: {', '.join(grid.backbones)} x {', '.join(grid.rules)} "
-            f"-> {grid.out} ({self.total} stages{dry})"
+            f"sslr grid: {grid.name}: {', '.join(grid.backbones)} x {', '.join(grid.rules)}"
+            f"{seeds_shown(grid)} -> {grid.out} ({self.total} stages{dry})"
         )
         self._report(self._runs())
 
     def _runs(self) -> list:
         """Every fit and attack in order (run where not done, or with ``only`` checked done);
-        what the report summarizes: backbone, rule, checkpoint sha256, when fit, when attacked."""
+        what the report summarizes: backbone, rule, checkpoint sha256, when fit, when attacked
+        (and with several seeds the seed)."""
         grid = self.grid
         results = []
         for backbone in grid.backbones:
             start = self._start(backbone)
-            tuned = {rule: self._fit("finetune", backbone, rule, start) for rule in grid.rules}
-            for rule in grid.rules:
-                fit = tuned[rule]
-                attacked = self._attack(backbone, rule, fit, tuned.get(SURROGATE))
-                when = [fit.get("finished"), attacked.get("finished")]
-                results.append([backbone, rule, fit.get("sha256"), *when])
+            for seed in grid.seeds:
+                tuned = {r: self._fit("finetune", backbone, r, start, seed) for r in grid.rules}
+                for rule in grid.rules:
+                    fit = tuned[rule]
+                    attacked = self._attack(backbone, rule, fit, tuned.get(SURROGATE), seed)
+                    when = [fit.get("finished"), attacked.get("finished")]
+                    row = [backbone, rule, fit.get("sha256"), *when]
+                    results.append([*row, seed] if grid.several_seeds else row)
         return results
 
     def _start(self, backbone: str) -> dict:
@@ -92,29 +97,27 @@ class GridRun:
 
     def run_one(self, label: str) -> None:
         """Run the one stage ``label`` (a progress line's label: ``pretrain resnet18/bp``,
-        ``finetune resnet18/usf``, ``attack resnet18/usf``, ``report``) unless it is done, as
-        :meth:`execute` would: what it consumes must be done (checked as :meth:`execute` checks
-        it, quietly), else GridError. What a launcher's job runs (:mod:`sslr.grid.launch`)."""
+        ``finetune resnet18/usf``, ``attack resnet18/usf``, with several seeds
+        ``finetune resnet18/usf seed 1``, ``report``) unless it is done, as :meth:`execute`
+        would: what it consumes must be done (checked as :meth:`execute` checks it, quietly),
+        else GridError. What a launcher's job runs (:mod:`sslr.grid.launch`)."""
         if not self.commands.settings:
             self.commands.check()
         self.only, self.total = label, 1
-        kind, _, where = label.partition(" ")
+        kind, backbone, rule, seed = parse_label(self.grid, label)
         if kind == "report":
             self._report(self._runs())
             return
-        backbone, _, rule = where.partition("/")
-        if kind not in ("pretrain", "finetune", "attack") or not rule:
-            raise GridError(f"no stage {label!r} in the grid")
         if kind == "pretrain":
             self._fit("pretrain", backbone, "bp")
             return
         start = self._start(backbone)
-        tuned = self._fit("finetune", backbone, rule, start)
+        tuned = self._fit("finetune", backbone, rule, start, seed)
         if kind == "attack":
             bp = None
             if SURROGATE in self.grid.rules and rule != SURROGATE:
-                bp = self._fit("finetune", backbone, SURROGATE, start)
-            self._attack(backbone, rule, tuned, bp)
+                bp = self._fit("finetune", backbone, SURROGATE, start, seed)
+            self._attack(backbone, rule, tuned, bp, seed)
 
     def probe(self, label: str) -> bool | None:
         """Whether the stage ``label`` is done (True), would run (False), or waits for a stage
@@ -212,20 +215,31 @@ class GridRun:
             what += f"; {left} left, ETA {elapsed / self.index * left:.0f} s" if left else ""
         self.echo(f"sslr grid: [{self.index}/{self.total}] {label}: {what}")
 
-    def _fit(self, kind: str, backbone: str, rule: str, start: dict | None = None) -> dict:
-        """A pretrain or finetune stage (from ``start``, the pretrain marker or the weights);
-        returns its marker: checkpoint (relative to out), sha256, test metrics."""
+    def _fit(
+        self,
+        kind: str,
+        backbone: str,
+        rule: str,
+        start: dict | None = None,
+        seed: int | None = None,
+    ) -> dict:
+        """A pretrain or finetune stage (from ``start``, the pretrain marker or the weights;
+        ``seed`` the fine-tuning's, default the first); returns its marker: checkpoint
+        (relative to out), sha256, test metrics."""
         grid = self.grid
-        folder = grid.out / backbone / ("pretrain" if kind == "pretrain" else rule)
-        label = f"{kind} {backbone}/{rule}"
-        args = self.commands.build(kind, backbone, rule, start=start and self._checkpoint(start))
+        seed = grid.seed if seed is None or kind == "pretrain" else seed
+        pretrain = grid.out / backbone / "pretrain"
+        folder = pretrain if kind == "pretrain" else grid.run_dir(backbone, rule, seed)
+        label = grid.label(kind, backbone, rule, seed)
+        checkpoint = start and self._checkpoint(start)
+        args = self.commands.build(kind, backbone, rule, start=checkpoint, seed=seed)
         inputs = {
             "stage": kind,
             "backbone": backbone,
             "rule": rule,
             "configs": self.inputs_configs,
             "epochs": grid.pretrain_epochs if kind == "pretrain" else grid.finetune_epochs,
-            "seed": grid.seed,
+            "seed": seed,
             "args": list(grid.pretrain_args if kind == "pretrain" else grid.finetune_args),
             "start": None if start is None else start.get("weights") or start.get("sha256"),
         }
@@ -239,7 +253,8 @@ class GridRun:
         resume = done is None and read_json(folder / STARTED) == inputs and last.is_file()
         if resume:
             args = [*args, "--ckpt_path", str(last)]
-        layout = {"checkpoint": f"{backbone}/{folder.name}/checkpoints/best.ckpt", "sha256": None}
+        where = folder.relative_to(grid.out).as_posix()
+        layout = {"checkpoint": f"{where}/checkpoints/best.ckpt", "sha256": None}
         self._must_run(label)
         if self.dry_run:
             what = changed or ("would resume from last.ckpt" if resume else "would run")
@@ -295,20 +310,24 @@ class GridRun:
         self._say(label, f"{verb} in {seconds:.1f} s" + (f" ({shown})" if shown else ""))
         return marker
 
-    def _attack(self, backbone: str, rule: str, tuned: dict, bp: dict | None) -> dict:
+    def _attack(
+        self, backbone: str, rule: str, tuned: dict, bp: dict | None, seed: int | None = None
+    ) -> dict:
         """The attack suite on ``tuned`` (a fine-tune's marker, its sha256 that of the file on
-        disk), ``transfer`` crafted on ``bp`` (none on bp itself: not a transfer)."""
+        disk), ``transfer`` crafted on ``bp`` (bp's fine-tune of the same seed; none on bp
+        itself: not a transfer)."""
         grid = self.grid
-        run_dir = grid.out / backbone / rule
+        seed = grid.seed if seed is None else seed
+        run_dir = grid.run_dir(backbone, rule, seed)
         folder = run_dir / "attack"
-        label = f"attack {backbone}/{rule}"
+        label = grid.label("attack", backbone, rule, seed)
         if rule == SURROGATE:
             bp = None  # no transfer from bp to itself (Grid.attack_suite): no surrogate input
         inputs = {
             "checkpoint": tuned.get("sha256"),
             "surrogate": bp.get("sha256") if bp else None,
             "configs": self.inputs_configs,
-            "suite": grid.attack_suite(rule),
+            "suite": grid.attack_suite(rule, seed),  # with several seeds, its seed
             "args": [*grid.finetune_args, *grid.attack_args],
         }
         done = read_json(folder / DONE)
@@ -317,7 +336,7 @@ class GridRun:
             return self._skip(label, done)
         surrogate = self._checkpoint(bp) if bp else None
         args = self.commands.build(
-            "attack", backbone, rule, ckpt=self._checkpoint(tuned), surrogate=surrogate
+            "attack", backbone, rule, ckpt=self._checkpoint(tuned), surrogate=surrogate, seed=seed
         )
         self._must_run(label)
         if self.dry_run:
@@ -375,7 +394,9 @@ class GridRun:
         self._say(label, "running", new=True)
         from sslr.report import build_report
 
-        dirs = [grid.out / b / r for b in grid.backbones for r in grid.rules]
+        dirs = [
+            grid.run_dir(b, r, s) for b in grid.backbones for s in grid.seeds for r in grid.rules
+        ]
         with self._lock(label), stage_errors(label):
             report = build_report(dirs, out)
         marker = {"stage": "report", "report": out.name, "finished": now(), "inputs": results}
@@ -412,6 +433,68 @@ STAGES_DIR = ".grid"
 def stage_folder(out: Path, label: str) -> Path:
     """``<out>/.grid/<label as a name>``: ``finetune resnet18/usf`` -> ``finetune-resnet18-usf``."""
     return Path(out) / STAGES_DIR / re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
+
+
+_LABEL = re.compile(r"(?P<kind>\w+) (?P<backbone>[^/\s]+)/(?P<rule>\S+)(?: seed (?P<seed>\d+))?")
+
+
+def parse_label(grid: Grid, label: str) -> tuple[str, str, str, int | None]:
+    """A stage's label as (kind, backbone, rule, seed): ``finetune resnet18/usf seed 1`` ->
+    ("finetune", "resnet18", "usf", 1), the first seed where the label has none,
+    ("report", "", "", None) for the report. GridError for a label the grid has no stage of."""
+    if label == "report":
+        return "report", "", "", None
+    match = _LABEL.fullmatch(label)
+    if match is None or match["kind"] not in ("pretrain", "finetune", "attack"):
+        raise GridError(f"no stage {label!r} in the grid")
+    kind, backbone, rule = match["kind"], match["backbone"], match["rule"]
+    seed = grid.seed if match["seed"] is None else int(match["seed"])
+    if seed not in grid.seeds or grid.label(kind, backbone, rule, seed) != label:
+        raise GridError(f"no stage {label!r} in the grid")
+    return kind, backbone, rule, seed
+
+
+def marker_path(grid: Grid, label: str) -> Path:
+    """Where the stage ``label`` writes its done.json."""
+    kind, backbone, rule, seed = parse_label(grid, label)
+    if kind == "report":
+        return grid.out / DONE
+    if kind == "pretrain":
+        return grid.out / backbone / "pretrain" / DONE
+    folder = grid.run_dir(backbone, rule, seed)
+    return (folder / "attack" if kind == "attack" else folder) / DONE
+
+
+def seeds_shown(grid: Grid) -> str:
+    """`` x seeds 0, 1`` for a grid of several seeds (its first progress line), else nothing."""
+    return f" x seeds {', '.join(map(str, grid.seeds))}" if grid.several_seeds else ""
+
+
+def check_layout(grid: Grid) -> None:
+    """Refuse a grid folder holding the other seed layout's runs: a run of one seed in
+    ``<backbone>/<rule>/`` under the folders ``seed<k>/`` of several would make them part of it
+    (to ``sslr report``), and replacing it would delete them. GridError, before any stage."""
+    for backbone in grid.backbones:
+        for rule in grid.rules:
+            folder = grid.out / backbone / rule
+            if not folder.is_dir():
+                continue
+            seeded = sorted(
+                f"{p.name}/" for p in folder.iterdir() if re.fullmatch(r"seed\d+", p.name)
+            )
+            if grid.several_seeds and any(
+                (folder / name).exists() for name in (DONE, STARTED, "config.yaml", "checkpoints")
+            ):
+                raise GridError(
+                    f"{folder} holds the run of a grid with one seed, and with several seeds the "
+                    "runs go to its seed<k>/ folders: give another --out, or move it away"
+                )
+            if not grid.several_seeds and seeded:
+                raise GridError(
+                    f"{folder} holds runs of a grid with several seeds ({', '.join(seeded)}), "
+                    "and with one seed the run goes to that folder itself: give another --out, "
+                    "or move them away"
+                )
 
 
 def best_checkpoint(trainer, folder: Path) -> Path:
