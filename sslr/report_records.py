@@ -14,7 +14,12 @@ part of that run, never as runs of their own:
   ``sslr attack``) and ``attacks/*/robustness.csv`` (one folder per ``sslr attack`` run, beside
   its ``suite.yaml``), read strictly through :mod:`sslr.results`.
 
-Every measurement keeps the file it came from (``source``, relative to the run folder).
+Every measurement keeps the file it came from (``source``, relative to the run folder), and its
+95% interval where robustness.csv has one (``ci_low``, ``ci_high``). Beside each robustness.csv
+may lie ``outcomes.json`` (per-image outcomes, :mod:`sslr.outcomes`, for paired comparisons)
+and ``masking.csv`` (the gradient-masking verdict). A run's seed is its config.yaml's
+``seed_everything``: runs that differ only in it are the seeds of one rule (``sslr grid``'s
+``<backbone>/<rule>/seed<k>/``), runs of the same seed are duplicates (the newest is reported).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -35,8 +40,9 @@ from sslr.results import GRADIENT_ORDER, ResultsError, read_rows
 RULE_ORDER = ("bp", "fa", "usf", "frsf", "brsf")
 ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n")
 CSV_COLUMNS = (
-    *("task", "dataset", "backbone", "bits", "rule", "attack", "norm", "eps", "steps"),
-    *("gradient", "metric", "value", "delta_vs_bp", "n", "run_dir", "source"),
+    *("task", "dataset", "backbone", "bits", "rule", "seed", "attack", "norm", "eps", "steps"),
+    *("gradient", "metric", "value", "ci_low", "ci_high", "delta_vs_bp", "n", "run_dir"),
+    "source",
 )
 TASKS = {"ClassificationTask": "classification", "HashingTask": "hashing"}
 # The clean metric per task, and the metrics.csv columns it is read from (test split first).
@@ -76,6 +82,8 @@ class Measurement:
     value: float
     n: int | None = None
     source: str = ""  # the file it was read from, relative to the run folder
+    ci_low: float | None = None  # its 95% interval, as robustness.csv gives it (None: unknown)
+    ci_high: float | None = None
 
     @property
     def column(self) -> tuple:
@@ -101,6 +109,7 @@ class Run:
     wandb: tuple[str | None, str | None] = (None, None)  # its WandbLogger's (project, group)
     sources: tuple[str, ...] = ()  # the robustness.csv files read, relative to path
     clean_file: str | None = None  # the metrics.csv the clean value came from, relative to path
+    seed: int | None = None  # config.yaml's seed_everything (None: not an integer)
 
     @property
     def group(self) -> tuple:
@@ -109,8 +118,9 @@ class Run:
 
     @property
     def key(self) -> tuple:
-        """Runs with the same key are duplicates: the newest one is reported."""
-        return (*self.group, self.rule)
+        """Runs with the same key are duplicates: the newest one is reported. Runs that differ
+        only in their seed are not duplicates but the seeds of one rule (reported together)."""
+        return (*self.group, self.rule, self.seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +133,9 @@ class Record(Measurement):
     backbone: str
     bits: int | None
     rule: str
-    delta_vs_bp: float | None  # None when the table has no bp value for this column
+    delta_vs_bp: float | None  # None when bp of the same seed has no value in this column
     run_dir: str
+    seed: int | None = None
 
     def as_row(self) -> list:
         """The record's fields in CSV_COLUMNS order (None for empty)."""
@@ -138,22 +149,25 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[str]]  # formatted cells, first cell the rule
-    run_dirs: dict[str, str]  # rule -> run folder
+    run_dirs: dict[str, str]  # rule (`usf seed 1` with several seeds) -> run folder
     figures: list[Path]
+    caption: str = ""  # a line under the table in report.md
 
 
 @dataclass(frozen=True)
 class Report:
     """What `build_report` read and wrote."""
 
-    runs: list[Run]  # the runs compared (the newest per task, dataset, backbone, bits, rule)
+    runs: list[Run]  # the runs compared (the newest per task, dataset, backbone, bits, rule, seed)
     records: list[Record]
-    tables: list[Table]
+    tables: list[Table]  # the summary tables first, then one per attack
     notes: list[str]  # duplicates resolved, skipped folders, clean values taken from val/
     markdown: str
     markdown_path: Path
     csv_path: Path
     figures: list[Path]
+    comparisons: list = field(default_factory=list)  # sslr.report.Comparison, paired.csv's rows
+    paired_path: Path | None = None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -205,6 +219,11 @@ def group_title(group: tuple) -> str:
 
 def order_key(name: str, order: Sequence[str]) -> tuple:
     return (order.index(name), "") if name in order else (len(order), name)
+
+
+def seed_key(seed: int | None) -> tuple:
+    """Seeds in ascending order, an unknown seed (None) last."""
+    return (seed is None, seed or 0)
 
 
 WORST = "worst"  # the per-image worst case over every attack and gradient: the number to quote
@@ -331,6 +350,7 @@ def read_config(folder: Path) -> tuple[dict | None, str | None]:
     )
     data_class = _dig(config, "data", "class_path")
     bits = init.get("bits") if task == "hashing" else None
+    seed = config.get("seed_everything")
     identity = {
         "task": task,
         "dataset": data_class.rsplit(".", 1)[-1] if isinstance(data_class, str) else "unknown",
@@ -338,6 +358,8 @@ def read_config(folder: Path) -> tuple[dict | None, str | None]:
         "bits": int(bits) if bits is not None else None,
         "rule": str(init["rule"]).lower(),
         "wandb": wandb,
+        # An integer seed_everything is the run's seed; `true` (Lightning draws one) is none.
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         "settings": {
             "seed_everything": config.get("seed_everything"),
             **_flatten(init, "model.init_args"),
@@ -424,6 +446,17 @@ def find_clean(folder: Path, task: str) -> tuple[float | None, str | None, str |
     return None, None, None
 
 
+def norm_name(text: str) -> str:
+    """A norm as the report writes it: `Linf`, `L2`, `L1` (robustness.csv says `linf`, `inf`)."""
+    return _NORMS.get(text.strip().lower(), text.strip())
+
+
+def report_metric(metric: str, task: str) -> str:
+    """A result file's metric as the report names it: `accuracy` is the task's clean metric
+    (`acc`), mAP and t-mAP keep their names."""
+    return CLEAN_METRIC[task] if metric == "accuracy" else metric
+
+
 def read_robustness(path: Path, task: str, source: str = "") -> list[Measurement]:
     """Measurements from one robustness.csv, read strictly; a setting measured twice keeps its
     last row. ``source``: the file's name in the report (relative to its run folder)."""
@@ -435,17 +468,18 @@ def read_robustness(path: Path, task: str, source: str = "") -> list[Measurement
         raise ReportError(str(err)) from None
     found: dict[tuple, Measurement] = {}
     for row in rows:
-        metric = row.metric if row.metric != "accuracy" else CLEAN_METRIC[task]
         measurement = Measurement(
             attack=row.attack.strip().lower(),
-            norm=_NORMS.get(row.norm.strip().lower(), row.norm.strip()),
+            norm=norm_name(row.norm),
             eps=row.eps,
             steps=row.steps,
             gradient=row.gradient.strip().lower(),
-            metric=metric,
+            metric=report_metric(row.metric, task),
             value=row.accuracy,
             n=row.n,
             source=source,
+            ci_low=row.ci_low,
+            ci_high=row.ci_high,
         )
         found[measurement.column] = measurement
     return list(found.values())
@@ -459,19 +493,36 @@ def robustness_files(folder: Path) -> list[Path]:
     return files + sorted(attacks, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
+def _masking_checks(folder: Path, sources: Sequence[str]) -> list[tuple[Path, list[dict]]]:
+    """(path, rows) of each ``masking.csv`` beside the run's robustness.csv files."""
+    found = []
+    for source in sources:
+        path = folder / Path(source).parent / "masking.csv"
+        if path.is_file():
+            with path.open(newline="", encoding="utf-8") as handle:
+                found.append((path, list(csv.DictReader(handle))))
+    return found
+
+
+def _flagged(checks: Sequence[dict]) -> list[dict]:
+    return [c for c in checks if str(c.get("flagged")).strip().lower() == "true"]
+
+
+def masking_flags(folder: Path, sources: Sequence[str]) -> list[str] | None:
+    """The names of the checks flagged by any ``masking.csv`` beside the run's robustness.csv
+    files, in the files' order, each once ([] when none is flagged); None without masking.csv."""
+    found = _masking_checks(folder, sources)
+    if not found:
+        return None
+    return list(dict.fromkeys(c["check"] for _, checks in found for c in _flagged(checks)))
+
+
 def masking_summary(folder: Path, sources: Sequence[str]) -> list[str]:
     """One sentence per ``masking.csv`` beside the run's robustness.csv files: the checks the
     gradient-masking verdict flagged, with value and threshold, or that it flagged none."""
-    import csv
-
     lines = []
-    for source in sources:
-        path = folder / Path(source).parent / "masking.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="", encoding="utf-8") as handle:
-            checks = list(csv.DictReader(handle))
-        flagged = [c for c in checks if str(c.get("flagged")).lower() == "true"]
+    for path, checks in _masking_checks(folder, sources):
+        flagged = _flagged(checks)
         where = path.relative_to(folder)
         if not flagged:
             lines.append(f"masking verdict ({where}): no sign of gradient masking in "
@@ -520,9 +571,31 @@ def read_run(folder: Path) -> tuple[Run | None, str | None]:
     return run, None
 
 
+def outcomes_file(run: Run, source: str) -> Path:
+    """Where the per-image outcomes of the robustness.csv ``source`` (relative to the run) are:
+    ``outcomes.json`` beside it (it may not exist: attacks before it was written)."""
+    return run.path / Path(source).parent / "outcomes.json"
+
+
+def several_seeds(runs: Sequence[Run]) -> set[tuple]:
+    """The (group, rule)s that have runs of more than one seed."""
+    seeds: dict[tuple, set] = defaultdict(set)
+    for run in runs:
+        seeds[(run.group, run.rule)].add(run.seed)
+    return {key for key, found in seeds.items() if len(found) > 1}
+
+
+def run_label(run: Run, seeded: bool) -> str:
+    """`classification · Digits · resnet18 · usf`, with ` · seed 1` when ``seeded``."""
+    label = f"{group_title(run.group)} · {run.rule}"
+    return f"{label} · seed {run.seed}" if seeded else label
+
+
 def select_newest(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
-    """One run per (task, dataset, backbone, bits, rule): the newest results; notes say which."""
+    """One run per (task, dataset, backbone, bits, rule, seed): the newest results; notes say
+    which. Runs of other seeds of the same rule are all kept (the seeds of the rule)."""
     by_key: dict[tuple, list[Run]] = defaultdict(list)
+    seeded = several_seeds(runs)
     for run in runs:
         by_key[run.key].append(run)
     chosen, notes = [], []
@@ -542,8 +615,9 @@ def select_newest(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
                 if newest.settings.get(k) != r.settings.get(k)
             }
         )
+        label = run_label(newest, (newest.group, newest.rule) in seeded)
         note = (
-            f"{group_title(newest.group)} · {newest.rule}: {len(same)} run folders; using the "
+            f"{label}: {len(same)} run folders; using the "
             f"newest, `{newest.path}` (results of {when}), and ignoring {ignored}."
         )
         if differ:

@@ -14,6 +14,7 @@ import yaml
 import sslr.report_plots
 from sslr.report import (
     CSV_COLUMNS,
+    PAIRED_COLUMNS,
     build_report,
     format_cell,
     format_eps,
@@ -75,28 +76,34 @@ CLASSIFICATION = {
         ],
     ),
 }
+# The summary: these runs have no worst-case rows (older attacks), so it shows the clean value
+# and the masking flags (no masking.csv: –); the attack's values are in its own table.
+SUMMARY_HEADER = ["rule", "seeds", "clean acc", "masking flags"]
+SUMMARY_ROWS = [
+    ["bp", "1", "0.900", "–"],
+    ["usf", "1", "0.875", "–"],
+    ["frsf", "1", "0.850", "–"],
+    ["brsf", "1", "0.860", "–"],
+]
+PGD_TITLE = "classification · Digits · resnet18 · pgd-10 Linf"
 HEADER = [
     "rule",
-    "clean acc",
-    "clean acc (attack subset)",
-    "pgd-10 Linf ε=2/255 rule",
-    "pgd-10 Linf ε=2/255 exact",
-    "pgd-10 Linf ε=8/255 rule",
-    "pgd-10 Linf ε=8/255 exact",
-    "pgd-10 Linf ε=8/255 eot",
+    "clean acc (ε=0)",
+    "ε=2/255 rule",
+    "ε=2/255 exact",
+    "ε=8/255 rule",
+    "ε=8/255 exact",
+    "ε=8/255 eot",
 ]
 ROWS = [
-    ["bp", "0.900", "0.890", "0.500", "0.500", "0.125", "0.125", "–"],
-    ["usf", "0.875 (-0.025)", "0.860 (-0.030)", "0.625 (+0.125)", "0.450 (-0.050)",
-     "0.412 (+0.287)", "0.100 (-0.025)", "–"],
-    ["frsf", "0.850 (-0.050)", "0.845 (-0.045)", "0.600 (+0.100)", "0.480 (-0.020)",
-     "0.381 (+0.256)", "0.125 (+0.000)", "–"],
-    ["brsf", "0.860 (-0.040)", "0.850 (-0.040)", "0.700 (+0.200)", "0.400 (-0.100)",
-     "0.500 (+0.375)", "–", "0.250"],
-]  # fmt: skip
+    ["bp", "0.890", "0.500", "0.500", "0.125", "0.125", "–"],
+    ["usf", "0.860", "0.625", "0.450", "0.412", "0.100", "–"],
+    ["frsf", "0.845", "0.600", "0.480", "0.381", "0.125", "–"],
+    ["brsf", "0.850", "0.700", "0.400", "0.500", "–", "0.250"],
+]
 BRSF_NOTE = (
     "classification · Digits · resnet18 · brsf: the clean acc on the attack subset (eps 0) "
-    "differs between attacks or gradient sources (0.850 to 0.855); the table shows pgd-10 Linf "
+    "differs between the gradient sources of pgd-10 Linf (0.850 to 0.855); the table shows "
     "rule's."
 )
 
@@ -116,6 +123,7 @@ def write_run(
     columns: tuple[str, ...] = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n"),
     seed: int = 0,
     wandb: dict | None = None,
+    batch_size: int = 64,
 ) -> Path:
     """A run folder as `sslr fit` + `sslr attack` leave it (config.yaml, metrics.csv, robustness)."""
     folder.mkdir(parents=True)
@@ -126,7 +134,7 @@ def write_run(
         "seed_everything": seed,
         "trainer": {"accelerator": "cpu", "max_epochs": 2, "logger": [{"class_path": "CSVLogger"}]},
         "model": {"class_path": f"sslr.tasks.{task}", "init_args": init_args},
-        "data": {"class_path": f"sslr.data.{dataset}", "init_args": {"batch_size": 64}},
+        "data": {"class_path": f"sslr.data.{dataset}", "init_args": {"batch_size": batch_size}},
         "ckpt_path": None,
     }
     if wandb is not None:
@@ -163,9 +171,11 @@ def classification_runs(root: Path) -> dict[str, Path]:
 
 
 def markdown_table(markdown: str, title: str) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the table under the heading `## title`."""
+    """(header, rows) of the table under the heading `## title` (a summary) or `### title` (an
+    attack's table)."""
     lines = markdown.splitlines()
-    start = lines.index(f"## {title}") + 2
+    heading = f"## {title}" if f"## {title}" in lines else f"### {title}"
+    start = lines.index(heading) + 2
     table = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -204,10 +214,21 @@ def test_classification_table_values(tmp_path):
     report = build_report([tmp_path / "runs"], tmp_path / "out" / "report.md")
     assert report.markdown_path.read_text() == report.markdown
     header, rows = markdown_table(report.markdown, "classification · Digits · resnet18")
+    assert (header, rows) == (SUMMARY_HEADER, SUMMARY_ROWS)
+    header, rows = markdown_table(report.markdown, PGD_TITLE)
     assert header == HEADER
     assert rows == ROWS
     assert [r.rule for r in report.runs] == ["bp", "usf", "frsf", "brsf"]
-    assert report.notes == [BRSF_NOTE]
+    (outcomes, note) = report.notes
+    assert outcomes.startswith("No per-image outcomes (outcomes.json")
+    assert all(f"`{tmp_path / 'runs' / rule / 'version_0'}`" in outcomes for rule in CLASSIFICATION)
+    assert note == BRSF_NOTE
+    # The summary first, then the paired comparisons (none: no outcomes), the attack, the notes.
+    order = ["## classification · Digits · resnet18", "## Paired comparisons",
+             f"### {PGD_TITLE}", "## Notes"]  # fmt: skip
+    lines = report.markdown.splitlines()
+    assert [lines.index(h) for h in order] == sorted(lines.index(h) for h in order)
+    assert report.paired_path.read_text().startswith("task,backbone,dataset,bits,seed,first,")
 
 
 def test_long_form_csv(tmp_path):
@@ -228,6 +249,7 @@ def test_long_form_csv(tmp_path):
         "backbone": "resnet18",
         "bits": "",
         "rule": "usf",
+        "seed": "0",
         "attack": "pgd",
         "norm": "Linf",
         "eps": f"{E8:.10g}",
@@ -235,6 +257,8 @@ def test_long_form_csv(tmp_path):
         "gradient": "rule",
         "metric": "acc",
         "value": "0.412",
+        "ci_low": "",  # a robustness.csv without intervals
+        "ci_high": "",
         "delta_vs_bp": "0.287",
         "n": "200",
         "run_dir": str(runs["usf"]),
@@ -249,7 +273,7 @@ def test_long_form_csv(tmp_path):
 def test_plots_are_pngs_and_linked(tmp_path):
     classification_runs(tmp_path)
     report = build_report([tmp_path / "runs"], tmp_path / "report.md")
-    expected = tmp_path / "report_classification_Digits_resnet18_pgd-10_Linf.png"
+    expected = tmp_path / "report_classification_Digits_resnet18_Linf.png"
     assert report.figures == [expected]
     data = expected.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 10_000
@@ -267,13 +291,17 @@ def test_plotted_curves(tmp_path, monkeypatch):
     classification_runs(tmp_path)
     build_report([tmp_path / "runs"], tmp_path / "report.md")
     [(title, ylabel, panels)] = drawn.values()
-    assert title == "classification · Digits · resnet18\npgd-10 Linf" and ylabel == "accuracy"
-    assert list(panels) == ["rule", "exact", "eot"]
-    assert list(panels["rule"]) == ["bp", "usf", "frsf", "brsf"]
-    assert panels["rule"]["bp"] == [(0.0, 0.890), (E2, 0.500), (E8, 0.125)]
-    assert panels["exact"]["brsf"] == [(0.0, 0.855), (E2, 0.400)]
+    assert title.startswith("classification · Digits · resnet18 · Linf\nbands: 95% intervals")
+    assert ylabel == "accuracy"
+    assert list(panels) == ["pgd-10 · rule", "pgd-10 · exact", "pgd-10 · eot"]
+    assert list(panels["pgd-10 · rule"]) == ["bp", "usf", "frsf", "brsf"]
+    # (eps, value, interval low, interval high): no interval in these files
+    assert panels["pgd-10 · rule"]["bp"] == [
+        (0.0, 0.890, None, None), (E2, 0.500, None, None), (E8, 0.125, None, None)
+    ]  # fmt: skip
+    assert panels["pgd-10 · exact"]["brsf"] == [(0.0, 0.855, None, None), (E2, 0.400, None, None)]
     # eot has no eps-0 row: it starts at brsf's clean value on the attack subset (rule's).
-    assert panels["eot"] == {"brsf": [(0.0, 0.850), (E8, 0.250)]}
+    assert panels["pgd-10 · eot"] == {"brsf": [(0.0, 0.850, None, None), (E8, 0.250, None, None)]}
 
 
 def test_hashing_run_gets_its_own_table(tmp_path):
@@ -289,15 +317,17 @@ def test_hashing_run_gets_its_own_table(tmp_path):
         dataset="HashingCifar10", bits=48, clean_column="test/mAP", columns=columns,
     )  # fmt: skip
     report = build_report([tmp_path / "runs"], tmp_path / "report.md")
-    header, table = markdown_table(report.markdown, "hashing · HashingCifar10 · resnet18 · 48 bits")
-    assert header == [
-        "rule",
-        "clean mAP",
-        "pgd-20 Linf ε=8/255 rule mAP",
-        "pgd-20 Linf ε=8/255 exact mAP",
-        "pgd-20 Linf ε=8/255 rule t-mAP",
-    ]
-    assert table == [["usf", "0.650", "0.300", "0.100", "0.200"]]
+    title = "hashing · HashingCifar10 · resnet18 · 48 bits"
+    header, table = markdown_table(report.markdown, title)
+    assert header == ["rule", "seeds", "clean mAP", "masking flags"]
+    assert table == [["usf", "1", "0.650", "–"]]
+    header, table = markdown_table(report.markdown, f"{title} · pgd-20 Linf · mAP")
+    assert (header, table) == (
+        ["rule", "ε=8/255 rule", "ε=8/255 exact"],
+        [["usf", "0.300", "0.100"]],
+    )
+    header, table = markdown_table(report.markdown, f"{title} · pgd-20 Linf · t-mAP")
+    assert (header, table) == (["rule", "ε=8/255"], [["usf", "0.200"]])
     assert "hashing · HashingCifar10 · resnet18 · 48 bits: no bp run, so no deltas." in report.notes
     hashing = [r for r in read_csv(report.csv_path) if r["task"] == "hashing"]
     assert [(r["bits"], r["metric"], r["value"]) for r in hashing] == [
@@ -308,9 +338,9 @@ def test_hashing_run_gets_its_own_table(tmp_path):
     ]
     names = sorted(p.name for p in report.figures)
     assert names == [
-        "report_classification_Digits_resnet18_pgd-10_Linf.png",
-        "report_hashing_HashingCifar10_resnet18_48bits_pgd-20_Linf_mAP.png",
-        "report_hashing_HashingCifar10_resnet18_48bits_pgd-20_Linf_t-mAP.png",
+        "report_classification_Digits_resnet18_Linf.png",
+        "report_hashing_HashingCifar10_resnet18_48bits_Linf_mAP.png",
+        "report_hashing_HashingCifar10_resnet18_48bits_Linf_t-mAP.png",
     ]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in report.figures)
 
@@ -322,16 +352,23 @@ def test_duplicates_resolve_to_newest(tmp_path, newer):
     values = {"a": 0.70, "b": 0.80}
     for name, value in values.items():
         mtime = 2_000_000_000 if name == newer else 1_000_000_000
-        write_run(tmp_path / name, "usf", value, [], mtime=mtime, seed=ord(name))
+        # the same seed (runs of other seeds would be the rule's seeds, all reported)
+        write_run(tmp_path / name, "usf", value, [], mtime=mtime, batch_size=ord(name))
     report = build_report([tmp_path], tmp_path / "report.md")
     _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
-    delta = f"{values[newer] - 0.9:+.3f}"
-    assert table[1][:2] == ["usf", f"{values[newer]:.3f} ({delta})"]
+    assert table[1][:3] == ["usf", "1", f"{values[newer]:.3f}"]
+    rows = {r["rule"]: r for r in read_csv(report.csv_path)}
+    assert float(rows["usf"]["delta_vs_bp"]) == pytest.approx(values[newer] - 0.9)
     older = "b" if newer == "a" else "a"
-    [note] = report.notes
+    [note] = [n for n in report.notes if "run folders" in n]
+    assert [n for n in report.notes if n != note] == [
+        f"No per-image outcomes (outcomes.json, written by attacks since paired tests exist) "
+        f"beside the attack results of `{tmp_path / 'bp'}`: reported as before, without paired "
+        "comparisons (differences marked †)."
+    ]
     assert note.startswith("classification · Digits · resnet18 · usf: 2 run folders; using the ")
     assert f"newest, `{tmp_path / newer}`" in note and f"ignoring `{tmp_path / older}`" in note
-    assert "differ in seed_everything" in note
+    assert "differ in data.init_args.batch_size" in note
     assert "## Notes" in report.markdown and note in report.markdown
 
 
@@ -339,7 +376,7 @@ def test_val_metric_used_when_no_test_metric(tmp_path):
     write_run(tmp_path / "run", "bp", 0.75, [], clean_column="val/acc")
     report = build_report([tmp_path / "run"], tmp_path / "report.md")  # a run folder itself
     _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
-    assert table == [["bp", "0.750"]]
+    assert table == [["bp", "1", "0.750", "–"]]
     assert report.notes == [f"`{tmp_path / 'run'}` logged no test metric (no test/acc in its "
                             "metrics.csv or a test-*/ folder): its clean value is the last val/acc "
                             "of `metrics.csv`."]  # fmt: skip
@@ -351,7 +388,8 @@ def test_main_writes_report(tmp_path, capsys):
     out = tmp_path / "report.md"
     assert main_report([str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert out.is_file() and out.with_suffix(".csv").is_file()
-    assert "compared 4 runs in 1 tables" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "compared 4 runs in 1 summary tables" in said and str(tmp_path / "paired.csv") in said
 
 
 def test_wandb_disabled_is_a_no_op(tmp_path, monkeypatch):
@@ -382,13 +420,14 @@ def test_wandb_gets_tables_and_figures(tmp_path, monkeypatch):
     assert finished == "finished"
     kind, columns, data = payload["report/records"]
     assert columns == list(CSV_COLUMNS) and len(data) == 28
+    kind, columns, data = payload["report/paired"]
+    assert columns == list(PAIRED_COLUMNS) and data == []  # no outcomes.json: nothing paired
     kind, header, rows = payload["report/classification/Digits/resnet18"]
+    assert header == SUMMARY_HEADER and rows == SUMMARY_ROWS
+    kind, header, rows = payload["report/classification/Digits/resnet18/pgd-10_Linf"]
     assert header == HEADER and rows == ROWS
-    image = payload["figures/report_classification_Digits_resnet18_pgd-10_Linf"]
-    assert image == (
-        "image",
-        str(tmp_path / "report_classification_Digits_resnet18_pgd-10_Linf.png"),
-    )
+    image = payload["figures/report_classification_Digits_resnet18_Linf"]
+    assert image == ("image", str(tmp_path / "report_classification_Digits_resnet18_Linf.png"))
 
 
 @pytest.mark.parametrize(
@@ -511,9 +550,10 @@ def test_worst_case_is_the_first_column_after_clean_and_the_verdict_is_summarise
     )
     report = build_report([tmp_path], tmp_path / "report.md")
     header, (row,) = markdown_table(report.markdown, "classification · Digits · resnet18")
-    assert header[1] == "clean acc"
-    assert header[2] == "worst Linf ε=8/255 any"
-    assert row[2] == "0.100"
+    assert header == ["rule", "seeds", "clean acc", "worst Linf ε=8/255", "masking flags"]
+    assert row == ["usf", "1", "0.900", "0.100", "degenerate_gradients"]
+    titles = [line for line in report.markdown.splitlines() if line.startswith("### ")]
+    assert titles[0] == "### classification · Digits · resnet18 · worst Linf"  # the first table
     (note,) = [n for n in report.notes if "masking verdict" in n]
     assert "FLAGGED degenerate_gradients 0.800 > 0.050" in note
     assert "blackbox_beats_whitebox" not in note and "usf" in note
@@ -579,7 +619,9 @@ def test_a_test_of_the_best_checkpoint_is_the_runs_clean_value(tmp_path, checkpo
     }
     assert (read.clean_source, read.clean_file) == ("test/acc", "test-best/metrics.csv")
     _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
-    assert table == [["bp", "0.070", "0.030"]]
+    assert table == [["bp", "1", "0.070", "–"]]
+    _, table = markdown_table(report.markdown, "classification · Digits · resnet18 · pgd-10 Linf")
+    assert table == [["bp", "0.030"]]
     assert report.notes == [
         f"`{run}`: read test/acc of `test-best/metrics.csv` and `attacks/best-aaaa/robustness.csv`."
     ]
@@ -644,8 +686,8 @@ def test_which_test_metric_is_the_clean_value(tmp_path, tests, own_test, expecte
 def test_duplicate_runs_with_evaluations_are_still_two_runs(tmp_path):
     """Two genuine runs of one rule, each with test-best/: two run folders in the note (not
     four), the newest one's test value reported."""
-    old = fitted_run(tmp_path / "v0", "bp", seed=1)
-    new = fitted_run(tmp_path / "v1", "bp", seed=2)
+    old = fitted_run(tmp_path / "v0", "bp", batch_size=1)  # the same seed: duplicates
+    new = fitted_run(tmp_path / "v1", "bp", batch_size=2)
     write_evaluation(old, "test-best", {"test/acc": 0.6}, mtime=1e9)
     write_evaluation(new, "test-best", {"test/acc": 0.8}, mtime=2e9)
     for run, stamp in ((old, 1e9), (new, 2e9)):
@@ -655,10 +697,10 @@ def test_duplicate_runs_with_evaluations_are_still_two_runs(tmp_path):
     (note, read) = report.notes
     assert note.startswith("classification · Digits · resnet18 · bp: 2 run folders; using the ")
     assert f"newest, `{new}`" in note and note.count("`") == 4  # new and old, nothing else
-    assert f"ignoring `{old}`." in note and "differ in seed_everything" in note
+    assert f"ignoring `{old}`." in note and "differ in data.init_args.batch_size" in note
     assert read == f"`{new}`: read test/acc of `test-best/metrics.csv`."
     _, table = markdown_table(report.markdown, "classification · Digits · resnet18")
-    assert table == [["bp", "0.800"]]
+    assert table == [["bp", "1", "0.800", "–"]]
 
 
 def test_every_place_of_the_layout_is_part_of_its_run_and_nothing_above_it(tmp_path):
