@@ -239,7 +239,18 @@ def test_attack_subcommand_on_a_fitted_run(bp_digits_run, capsys):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == [
-        *("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric")
+        *(
+            "attack",
+            "norm",
+            "eps",
+            "steps",
+            "gradient",
+            "accuracy",
+            "n",
+            "metric",
+            "ci_low",
+            "ci_high",
+        )
     ]
     cells = [r for r in rows if r["attack"] != "worst"]
     worst = {float(r["eps"]): float(r["accuracy"]) for r in rows if r["attack"] == "worst"}
@@ -310,7 +321,7 @@ def test_an_attack_on_two_processes_writes_the_files_of_one(bp_digits_run, tmp_p
         assert out.returncode == 0, out.stderr[-3000:]
         outs[devices] = out.stdout + out.stderr
     assert "2 processes share the work, on cpu, cpu" in outs[2]
-    for name in ("robustness.csv", "masking.csv", "suite.yaml"):
+    for name in ("robustness.csv", "masking.csv", "outcomes.json", "suite.yaml"):
         one = (tmp_path / "devices_1" / name).read_bytes()
         assert one == (tmp_path / "devices_2" / name).read_bytes(), name
     assert not (tmp_path / "devices_2" / ".batches").exists()  # finished: the store is gone
