@@ -39,8 +39,13 @@ def test_csv_png_and_csv_logger(target, dataset, tmp_path):
         reader = csv.reader(f)
         header = next(reader)
         body = list(reader)
-    assert header == ["attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric"]
-    assert {line[-1] for line in body} == {"accuracy"}
+    assert header == [
+        *("attack", "norm", "eps", "steps", "gradient", "accuracy", "n", "metric"),
+        *("ci_low", "ci_high"),
+    ]
+    assert {line[7] for line in body} == {"accuracy"}
+    for row in rows:  # the 95% interval holds the value
+        assert row.ci_low <= row.accuracy <= row.ci_high and row.ci_high - row.ci_low > 0.05
     assert tuple(header) == COLUMNS and len(body) == len(rows)
     assert read_csv(tmp_path / "robustness.csv") == rows
     assert {r.gradient for r in rows if r.attack == "square"} == {"none"}
@@ -81,9 +86,22 @@ def test_wandb_offline_run_gets_table_and_line_plots(target, dataset, tmp_path, 
     (table_file,) = media[0].glob("table/robust/table_*.table.json")
     table = json.loads(table_file.read_text())
     meta = ["rule", "backbone", "dataset"]
-    assert table["columns"] == [*meta, "attack", "norm", "eps", "gradient", "accuracy", "n"]
+    assert table["columns"] == [
+        *meta,
+        "attack",
+        "norm",
+        "eps",
+        "gradient",
+        "accuracy",
+        "n",
+        "ci_low",
+        "ci_high",
+    ]
     logged = sorted(tuple(r[3:]) for r in table["data"])
-    assert logged == sorted((r.attack, r.norm, r.eps, r.gradient, r.accuracy, r.n) for r in rows)
+    expected = [
+        (r.attack, r.norm, r.eps, r.gradient, r.accuracy, r.n, r.ci_low, r.ci_high) for r in rows
+    ]
+    assert logged == sorted(expected)
     assert len(list(media[0].glob("table/robust/chart_accuracy_linf_table_*.table.json"))) == 1
     assert len(list(media[0].glob("images/robust/plot_*.png"))) == 1
     (exact,) = [r for r in rows if (r.attack, r.gradient, r.eps) == ("pgd", "exact", 0.25)]
