@@ -159,23 +159,28 @@ def test_grid_runs_every_stage_then_skips_them_then_resumes_one(capsys, digits_g
         assert cells[4] == ("–" if rule == "bp" else f"{pgd['transfer']:.3f}")
 
     report = (out / "report.md").read_text()
-    for rule in RULES:
-        assert len([line for line in report.splitlines() if line.startswith(f"| {rule} |")]) == 1
+    lines = report.splitlines()
+    summary = lines[lines.index(next(x for x in lines if x.startswith("| rule | seeds |"))) :]
+    summary = summary[: summary.index("")]  # the summary table: one line per rule
+    assert [line.split("|")[1].strip() for line in summary[2:]] == list(RULES)
     assert (out / "report.csv").is_file() and list(out.glob("report*.png"))
     # The report has transfer measurements of every rule but bp, whose cells show "–".
     with (out / "report.csv").open() as f:
         measured = {(r["rule"], r["gradient"]) for r in csv.DictReader(f)}
     assert ("bp", "transfer") not in measured and ("bp", "exact") in measured
     assert all((rule, "transfer") in measured for rule in RULES if rule != "bp")
-    lines = report.splitlines()
-    header = next(line for line in lines if line.startswith("| rule |"))
-    columns = [c.strip() for c in header.strip("|").split("|")]
-    transfer = [i for i, c in enumerate(columns) if "transfer" in c]
-    assert transfer
-    for rule in RULES:
-        row = next(line for line in lines if line.startswith(f"| {rule} |"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all((cells[i] == "–") == (rule == "bp") for i in transfer), row
+    for attack in ("fgsm", "pgd-3"):  # its table: a row per rule, a column per source and eps
+        at = lines.index(
+            next(x for x in lines if x.startswith("### ") and x.endswith(f"· {attack} Linf"))
+        )
+        header = lines[at + 2]
+        columns = [c.strip() for c in header.strip("|").split("|")]
+        transfer = [i for i, c in enumerate(columns) if "transfer" in c]
+        assert transfer, header
+        for rule in RULES:
+            row = next(x for x in lines[at:] if x.startswith(f"| {rule} |"))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert all((cells[i] == "–") == (rule == "bp") for i in transfer), row
 
     # Again: every stage is skipped and not one file is written.
     before = files(out)

@@ -255,10 +255,11 @@ def test_log_robustness_writes_tables_charts_and_eps_curves(tmp_path, monkeypatc
     columns = ["rule", "backbone", "dataset", "attack", "norm", "eps", "gradient"]
     (accuracy_file,) = (run_dir / "files" / "media" / "table" / "robust").glob("table_[0-9]*.json")
     table = json.loads(accuracy_file.read_text())
-    assert table["columns"] == [*columns, "accuracy", "n"]
+    assert table["columns"] == [*columns, "accuracy", "n", "ci_low", "ci_high"]
     assert len(table["data"]) == 6 and {r[0] for r in table["data"]} == {"usf"}
-    assert ["usf", "resnet18", "Digits", "pgd", "linf", 8 / 255, "exact", 0.1, 64] in table["data"]
-    assert tables["mAP"][0] == [*columns, "mAP", "n"]
+    row = ["usf", "resnet18", "Digits", "pgd", "linf", 8 / 255, "exact", 0.1, 64, None, None]
+    assert row in table["data"]  # rows without an interval: empty interval cells
+    assert tables["mAP"][0] == [*columns, "mAP", "n", "ci_low", "ci_high"]
     (map_file,) = (run_dir / "files" / "media" / "table" / "robust").glob("table_mAP_*.json")
     assert json.loads(map_file.read_text())["data"][0][7] == 0.5
 

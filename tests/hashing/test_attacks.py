@@ -120,7 +120,9 @@ def test_csv_has_the_columns_plus_metric_and_png_exists(suite):
         reader = csv.DictReader(f)
         records = list(reader)
     assert tuple(reader.fieldnames) == COLUMNS
-    assert COLUMNS[-1] == "metric" and len(COLUMNS) == 8
+    assert COLUMNS[7:] == ("metric", "ci_low", "ci_high") and len(COLUMNS) == 10
+    for r in records:  # mAP's interval: a bootstrap over the queries, around the value
+        assert float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"])
     assert len(records) == len(rows) == 2 * len(EPS) + 2 * len(EPS)  # + worst per metric
     assert {r["metric"] for r in records} == {"mAP", "t-mAP"}
     assert {r["gradient"] for r in records if r["attack"] != "worst"} == {"exact"}
