@@ -1049,10 +1049,10 @@ def main_report(argv: list[str] | None = None) -> int:
         return 2
     groups = len({run.group for run in report.runs})
     print(
-        f"sslr report: compared {len(report.runs)} runs in {groups} summary tables: wrote "
-        f"{report.markdown_path}, {report.csv_path}, {report.paired_path} and "
-        f"{len(report.figures)} figures"
-        + (f" ({len(report.notes)} notes in the report)." if report.notes else ".")
+        f"sslr report: compared {_count(len(report.runs), 'run')} in "
+        f"{_count(groups, 'summary table')}: wrote {report.markdown_path}, {report.csv_path}, "
+        f"{report.paired_path} and {_count(len(report.figures), 'figure')}"
+        + (f" ({_count(len(report.notes), 'note')} in the report)." if report.notes else ".")
     )
     several = groups > 1
     for comparison in report.comparisons:
@@ -1072,3 +1072,7 @@ def main_report(argv: list[str] | None = None) -> int:
         if mode == "offline":
             print("sslr report: logged to W&B offline (./wandb); upload with `wandb sync`.")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

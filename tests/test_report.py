@@ -389,7 +389,7 @@ def test_main_writes_report(tmp_path, capsys):
     assert main_report([str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert out.is_file() and out.with_suffix(".csv").is_file()
     said = capsys.readouterr().out
-    assert "compared 4 runs in 1 summary tables" in said and str(tmp_path / "paired.csv") in said
+    assert "compared 4 runs in 1 summary table:" in said and str(tmp_path / "paired.csv") in said
 
 
 def test_wandb_disabled_is_a_no_op(tmp_path, monkeypatch):
