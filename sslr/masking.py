@@ -184,13 +184,7 @@ def _paired_gap(pairs, name, metric, outcomes, alpha) -> Check | None:
             return None
         if metric in RAISED_BY_ATTACK:  # read with the sign turned, as the values are
             a, b = [1.0 - v for v in a], [1.0 - v for v in b]
-        keyed.append(
-            (
-                high.value - low.value,
-                paired(a, b, "accuracy" if metric == "accuracy" else metric),
-                label,
-            )
-        )
+        keyed.append((high.value - low.value, paired(a, b, metric), label))
     if not keyed:
         return None
     m = len(keyed)
@@ -203,7 +197,10 @@ def _paired_gap(pairs, name, metric, outcomes, alpha) -> Check | None:
         f" (Bonferroni over {m} pairs)" if m > 1 else ""
     )
     if test.only_first is not None:
-        detail += f", {test.only_first} vs {test.only_second} images broken by one only"
+        detail += (
+            f"; images correct under the first cell only: {test.only_first}, under the "
+            f"second only: {test.only_second}"
+        )
     return Check(name, gap, alpha, gap > 0 and p < alpha, metric, detail, test.test, p)
 
 

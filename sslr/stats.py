@@ -31,7 +31,6 @@ import numpy as np
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 BOOTSTRAP = 2000  # resamples of a bootstrap interval
 LEVEL = 0.95
-INTERVAL_METHOD = {"accuracy": "Wilson score", "mAP": "bootstrap", "t-mAP": "bootstrap"}
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -118,12 +117,7 @@ def paired(
         )
     n = int(a.size)
     diff = a - b
-    if n:
-        rng = np.random.default_rng(seed)
-        means = diff[rng.integers(0, n, size=(BOOTSTRAP, n))].mean(axis=1)
-        low, high = (float(q) for q in np.quantile(means, [0.025, 0.975]))
-    else:
-        low, high = 0.0, 0.0
+    low, high = bootstrap_mean(diff, seed) if n else (0.0, 0.0)  # images resampled in pairs
     if metric == "accuracy":
         only_first, only_second = (
             int(((a > 0.5) & (b < 0.5)).sum()),

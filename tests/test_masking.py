@@ -201,6 +201,7 @@ def test_rule_vs_exact_uses_the_paired_test_when_outcomes_exist(only_rule, only_
         assert check.where.startswith("pgd/rule linf eps=0.03137 vs exact")
         assert check.p_value == pytest.approx(min(1.0, 6 * expected))  # fgsm, pgd x 3 eps
         assert check.value == pytest.approx((only_rule - only_exact) / n)
+        assert f"first cell only: {only_rule}, under the second only: {only_exact}" in check.where
     assert check.flagged is flag
     # Without outcomes, the same rows are judged by the noise margin.
     plain = _by_name(verdict(rows))[("rule_vs_exact", "accuracy")]

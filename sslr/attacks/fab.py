@@ -33,8 +33,9 @@ bound, the box's point deepest towards pi_k (as the reference code does).
 AutoAttack runs FAB with a given eps: an image counts as broken when FAB's smallest
 misclassified point lies within eps. Since that point only gets closer with more iterations,
 an image leaves the attack as soon as it has one within eps (``minimize=False``, the default:
-the verdict is the reference's, at a fraction of its cost); ``minimize=True`` runs every
-target and iteration on every image and reports the smallest perturbation found.
+the same verdict as the reference's, with no iterations spent on an image once it is broken
+within eps); ``minimize=True`` runs every target and iteration on every image and reports the
+smallest perturbation found.
 
 Random draws (restarts after the first) are made for the whole batch and indexed, as in
 :mod:`sslr.attacks.apgd`, so an image's attack depends on its position and the seed only.
