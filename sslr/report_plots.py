@@ -41,8 +41,11 @@ RULE_STYLES = {
     "usf": {"color": "tab:blue", "marker": "s"},
     "frsf": {"color": "tab:orange", "marker": "^"},
     "brsf": {"color": "tab:green", "marker": "D"},
+    "dfa": {"color": "tab:brown", "marker": "P"},
+    "kp": {"color": "tab:red", "marker": "X"},
+    "wm": {"color": "tab:purple", "marker": "*"},
 }
-_OTHER_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_OTHER_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "gold", "navy", "teal")
 
 # A point: (eps, value, interval low, interval high), the interval None where unknown.
 Point = tuple[float, float, float | None, float | None]

@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from .direct import DirectFeedback
 from .layers import FeedbackConv2d, FeedbackLinear
 from .rule_state import FeedbackLayer
 from .rules import get_rule, get_scale
@@ -32,6 +33,7 @@ def convert_model(
     scale: str = "xavier",
     exclude: Iterable[str] | str = (),
     seed: int | None = None,
+    output_dim: int | None = None,
 ) -> nn.Module:
     """Replace every nn.Conv2d and nn.Linear of ``model`` with a feedback layer using ``rule``.
 
@@ -45,6 +47,11 @@ def convert_model(
 
     Like timm's ``convert_sync_batchnorm``, children are replaced in place and the
     (possibly new) root is returned: ``model = convert_model(model, "usf")``.
+
+    dfa projects the network's output error (N, D) into every layer: ``output_dim`` is D,
+    by default the output size of the last nn.Linear (the head); the returned root gets the
+    hooks that hand its output error to the layers (:mod:`sslr.feedback.direct`), so the
+    loss must read that root's output.
     """
     rule_ = get_rule(rule)
     scale_ = get_scale(scale)
@@ -66,6 +73,8 @@ def convert_model(
         seed = random_seed()
     index = {name: i for i, name in enumerate(names)}
     converted: dict[int, nn.Module] = {}  # shared modules are converted once
+    built = "bp" if rule_.direct else rule_  # dfa: switched once the root is known
+    chosen: list[FeedbackLayer] = []
 
     def convert(module: nn.Module, name: str, excluded: bool) -> nn.Module:
         excluded = excluded or any(fnmatchcase(name, p) for p in patterns)
@@ -73,11 +82,14 @@ def convert_model(
             return converted[id(module)]
         new = module
         if isinstance(module, FeedbackLayer):
-            module.set_rule("bp" if excluded else rule_, scale_)
+            module.set_rule("bp" if excluded else built, scale_)
+            if not excluded:
+                chosen.append(module)
         elif type(module) in _CONVERTIBLE:
             if not excluded:
                 layer_seed = derive_seed(seed, index[name])
-                new = _CONVERTIBLE[type(module)].from_module(module, rule_, scale_, layer_seed)
+                new = _CONVERTIBLE[type(module)].from_module(module, built, scale_, layer_seed)
+                chosen.append(new)
         else:
             for child_name, child in list(module._modules.items()):  # duplicates too
                 if child is None:
@@ -93,7 +105,33 @@ def convert_model(
         raise ValueError(
             f"exclude={patterns!r} leaves no layer of {type(model).__name__} to convert."
         )
+    if rule_.direct:
+        _direct_feedback(root, chosen, output_dim)
+        for layer in chosen:
+            layer.set_rule(rule_, scale_)
     return root
+
+
+def _direct_feedback(root: nn.Module, layers: list[FeedbackLayer], output_dim: int | None) -> None:
+    """Give ``layers`` the output size D and the root's DirectFeedback (made once per root)."""
+    if output_dim is None:
+        heads = [m for m in root.modules() if isinstance(m, nn.Linear)]
+        if not heads:
+            raise ValueError(
+                f"dfa needs the size of {type(root).__name__}'s output and it has no nn.Linear "
+                "head to read it from: pass output_dim"
+            )
+        output_dim = heads[-1].out_features
+    if int(output_dim) < 1:
+        raise ValueError(f"output_dim must be a positive number of outputs, got {output_dim}")
+    direct = root.__dict__.get("_sslr_direct")
+    if direct is None or direct.output_dim != output_dim:
+        if direct is not None:
+            direct.remove()
+        direct = root.__dict__["_sslr_direct"] = DirectFeedback(root, int(output_dim))
+    for layer in layers:
+        layer.__dict__["_output_dim"] = int(output_dim)
+        layer.__dict__["_direct"] = direct
 
 
 def feedback_layers(model: nn.Module) -> Iterator[tuple[str, FeedbackLayer]]:
@@ -103,14 +141,16 @@ def feedback_layers(model: nn.Module) -> Iterator[tuple[str, FeedbackLayer]]:
             yield name, module
 
 
-def set_rule(model: nn.Module, rule: str) -> nn.Module:
+def set_rule(model: nn.Module, rule: str, *, output_dim: int | None = None) -> nn.Module:
     """Switch every feedback layer of ``model`` to ``rule`` in place; returns ``model``.
 
     No module is replaced and the Parameters stay the same objects, so an optimizer and its
     state keep working (e.g. BP for some epochs, then the rule). Buffers are added or removed
     as the rule needs; fa/frsf draw M deterministically from each layer's seed. Layers left
     plain by ``convert_model(exclude=...)`` stay plain. Call it on every rank under DDP, and
-    before wrapping (DDP lists the buffers it broadcasts when it wraps the model).
+    before wrapping (DDP lists the buffers it broadcasts when it wraps the model). dfa:
+    ``model`` is the network whose output the loss reads (``output_dim`` as for
+    ``convert_model``).
     """
     rule_ = get_rule(rule)
     layers = [layer for _, layer in feedback_layers(model)]
@@ -118,6 +158,10 @@ def set_rule(model: nn.Module, rule: str) -> nn.Module:
         raise ValueError(
             f"{type(model).__name__} has no feedback layer: convert it first with convert_model."
         )
+    if rule_.direct:
+        _direct_feedback(model, layers, output_dim)
     for layer in layers:
         layer.set_rule(rule_)
+    if not rule_.direct and "_sslr_direct" in model.__dict__:  # no dfa layer left: no tap
+        model.__dict__.pop("_sslr_direct").remove()
     return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .direct import direct_conv2d, direct_linear
 from .functional import conv_arguments, feedback_conv2d, feedback_linear
 from .rule_state import FeedbackLayer
 
@@ -101,9 +102,14 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if self._rule.exact or self._exact_depth:
             return super().forward(input)
         x = input
+        if self._rule.learns == "mirror":  # wm's noise takes the shape of the last input
+            self.__dict__["_input_shape"] = tuple(input.shape[1:])
         if self._explicit_pad is not None:
             x = F.pad(x, self._explicit_pad, mode=self._pad_mode)
         aux, draw = self._feedback_state()
+        if self._rule.direct:
+            slot = None if self._direct is None else self._direct.current
+            return direct_conv2d(x, self.weight, self.bias, aux, slot, self._feedback, self._conv)
         return feedback_conv2d(x, self.weight, self.bias, aux, self._feedback, self._conv, draw)
 
 
@@ -148,4 +154,7 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         if self._rule.exact or self._exact_depth:
             return super().forward(input)
         aux, draw = self._feedback_state()
+        if self._rule.direct:
+            slot = None if self._direct is None else self._direct.current
+            return direct_linear(input, self.weight, self.bias, aux, slot, self._feedback)
         return feedback_linear(input, self.weight, self.bias, aux, self._feedback, draw)

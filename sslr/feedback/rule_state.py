@@ -1,8 +1,9 @@
 """The state a feedback layer owns for its rule, and the B it uses now.
 
-A persistent buffer for fa (``feedback_weight``) and frsf (``feedback_magnitude``); for brsf
-the seed and the draw counter (``feedback_seed``, ``feedback_draws``), so a state_dict round
-trip reproduces B. Feedback tensors are buffers or tensors derived in the backward pass,
+A persistent buffer for fa, kp and wm (``feedback_weight``: kp and wm learn it, see
+:mod:`sslr.feedback.learning`) and frsf (``feedback_magnitude``); wm's mirror counter
+(``feedback_mirrors``); for brsf the seed and the draw counter (``feedback_seed``,
+``feedback_draws``), so a state_dict round trip reproduces B. Feedback tensors are buffers or tensors derived in the backward pass,
 never Parameters (Lightning's BaseFinetuning sets requires_grad on every Parameter).
 """
 
@@ -27,6 +28,7 @@ from .seeding import (
 )
 
 _SEED, _DRAWS = "feedback_seed", "feedback_draws"
+_MIRRORS = "feedback_mirrors"  # wm: mirror steps taken (the noise's seed)
 
 
 class FeedbackLayer:
@@ -46,6 +48,8 @@ class FeedbackLayer:
         self._host: tuple | None = None  # host copy of brsf's (seed, draws), see _brsf_state
         self._hashed = False  # brsf's last draw was made under torch.compile
         self._feedback = Feedback(self._rule, self._scale, self._constant)  # see set_rule
+        self._output_dim: int | None = None  # dfa: the network's output size D
+        self._direct = None  # dfa: the root's DirectFeedback (sslr.feedback.direct)
         self.set_rule(rule, scale)
 
     # -- public attributes ---------------------------------------------------------------
@@ -83,26 +87,48 @@ class FeedbackLayer:
             return
         seed = self.seed  # read before brsf's buffers go
         keep_draws = new_rule.resamples and self._rule.resamples and _DRAWS in self._buffers
-        for name in ("feedback_weight", "feedback_magnitude", _SEED, _DRAWS):
-            if name in self._buffers and not (keep_draws and name in (_SEED, _DRAWS)):
-                del self._buffers[name]
+        if new_rule.direct and self.__dict__.get("_output_dim") is None:
+            raise ValueError(
+                "dfa needs the network's output size: set it on the whole model "
+                "(convert_model(model, 'dfa') or set_rule(model, 'dfa'), output_dim=...)"
+            )
+        for name in ("feedback_weight", "feedback_magnitude", "feedback_direct", _MIRRORS):
+            self._buffers.pop(name, None)
+        if not keep_draws:
+            for name in (_SEED, _DRAWS):
+                self._buffers.pop(name, None)
         w = self.weight
+        template = w  # B's shape; dfa's B projects the output error: (D, in, kh, kw) or (D, in)
+        if new_rule.direct:
+            template = torch.empty((self._output_dim, *self._direct_in_shape()), device="meta")
         if new_rule.fixed_buffer is not None:
-            generator = cpu_generator(derive_seed(seed, FIXED, zlib.crc32(new_rule.name.encode())))
-            m = new_rule.draw_fixed(w, new_scale, generator)  # CPU float64: device-independent
+            key = zlib.crc32((new_rule.draws_as or new_rule.name).encode())
+            generator = cpu_generator(derive_seed(seed, FIXED, key))
+            m = new_rule.draw_fixed(template, new_scale, generator)  # CPU float64: any device
             dtype = w.dtype if w.is_floating_point() else torch.get_default_dtype()
             self.register_buffer(new_rule.fixed_buffer, m.to(device=w.device, dtype=dtype))
+        if new_rule.learns == "mirror":
+            self.register_buffer(_MIRRORS, torch.zeros((), dtype=torch.int64, device=w.device))
         if new_rule.resamples and not keep_draws:
             self.register_buffer(_SEED, torch.tensor(seed, dtype=torch.int64, device=w.device))
             self.register_buffer(_DRAWS, torch.zeros((), dtype=torch.int64, device=w.device))
         self._rule, self._scale, self._seed, self._host = new_rule, new_scale, seed, None
-        self._bound = new_scale.bound(w)
+        self._bound = new_scale.bound(template)
         self._constant = 0.0 if new_scale.adaptive else new_scale.constant(w)
         self._feedback = Feedback(new_rule, new_scale, self._constant)  # what B is made of
+
+    def _direct_in_shape(self) -> tuple[int, ...]:
+        # dfa's B: all input channels (the projection is dense, whatever the layer's groups)
+        w = self.weight
+        if w.dim() == 4:
+            return (w.shape[1] * getattr(self, "groups", 1), *w.shape[2:])
+        return (w.shape[1],)
 
     def _state_complete(self) -> bool:
         r = self._rule
         if r.fixed_buffer is not None and r.fixed_buffer not in self._buffers:
+            return False
+        if r.learns == "mirror" and _MIRRORS not in self._buffers:
             return False
         return not r.resamples or (_SEED in self._buffers and _DRAWS in self._buffers)
 

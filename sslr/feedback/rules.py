@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-RuleName = Literal["bp", "fa", "usf", "frsf", "brsf"]
+RuleName = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]
 ScaleName = Literal["xavier", "meanabs", "none"]
 
 _RULES: dict[str, FeedbackRule] = {}
@@ -150,14 +150,19 @@ class FeedbackRule:
 
     Class attributes describe the state a layer must own for the rule:
     ``exact`` (B = W: the layer runs as plain nn.Conv2d/nn.Linear), ``fixed_buffer`` (name of
-    a persistent buffer drawn once from the layer's seed) and ``resamples`` (a fresh random
-    magnitude per training batch, from the layer's seed and draw counter).
+    a persistent buffer drawn once from the layer's seed), ``resamples`` (a fresh random
+    magnitude per training batch, from the layer's seed and draw counter) and ``learns``
+    (the buffer is B itself and is updated after each optimizer step by
+    :mod:`sslr.feedback.learning`: ``"kolen-pollack"`` or ``"mirror"``).
     """
 
     name: ClassVar[str]
     exact: ClassVar[bool] = False
     fixed_buffer: ClassVar[str | None] = None
     resamples: ClassVar[bool] = False
+    learns: ClassVar[str | None] = None
+    draws_as: ClassVar[str | None] = None  # the rule whose random draw this one starts from
+    direct: ClassVar[bool] = False  # B projects the network's output error (dfa)
 
     def draw_fixed(self, weight: Tensor, scale: Scale, generator: torch.Generator) -> Tensor:
         """The persistent random tensor (on the CPU, in float64) for ``fixed_buffer``."""
@@ -221,8 +226,33 @@ class FeedbackAlignment(FeedbackRule):
     fixed_buffer = "feedback_weight"
 
     def draw_fixed(self, weight, scale, generator):
-        a = scale.bound(weight)
-        return torch.empty(weight.shape, dtype=torch.float64).uniform_(-a, a, generator=generator)
+        return _random_feedback(weight, scale, generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        if scale.adaptive:
+            return aux * _meanabs_factor(weight, aux)
+        return aux
+
+
+@register_rule
+class DirectFeedbackAlignment(FeedbackRule):
+    """Direct feedback alignment: each layer's error is the network's output error e (N, D)
+    projected through its own fixed random B, (D, in) or (D, C_in, kh, kw), not the error
+    from the layer above (:mod:`sslr.feedback.direct`).
+
+    B ~ U(-a, a) with a from the scale on B's own shape (xavier: sqrt(6 / (fan_in +
+    fan_out)) as BioTorch's xavier_uniform_ of ``weight_dfa``), drawn once from the layer's
+    seed, the persistent buffer ``feedback_direct``; meanabs rescales it so mean|B| = mean|W|.
+    Nøkland 2016, "Direct Feedback Alignment Provides Learning in Deep Neural Networks".
+    """
+
+    name = "dfa"
+    fixed_buffer = "feedback_direct"
+    direct = True
+
+    def draw_fixed(self, weight, scale, generator):
+        # ``weight``: a tensor of B's shape (D, in, ...), the meta template the layer passes
+        return _random_feedback(weight, scale, generator)
 
     def matrix(self, weight, aux, scale, constant):
         if scale.adaptive:
@@ -282,6 +312,69 @@ class BatchRandomSignSymmetry(FeedbackRule):
 
     def matrix(self, weight, aux, scale, constant):
         return _signed_magnitude(weight, aux, scale)
+
+
+def _random_feedback(weight: Tensor, scale: Scale, generator: torch.Generator) -> Tensor:
+    # fa's M ~ U(-a, a), a from the scale: also the starting B of the rules that learn B.
+    a = scale.bound(weight)
+    return torch.empty(weight.shape, dtype=torch.float64).uniform_(-a, a, generator=generator)
+
+
+@register_rule
+class KolenPollack(FeedbackRule):
+    """Kolen-Pollack: B starts as fa's random M and then receives W's every update, while the
+    weight decay acts on B - W, so B - W shrinks by (1 - lr * weight_decay) per step and B
+    approaches W.
+
+    B is the persistent buffer ``feedback_weight``; after each optimizer step
+    :class:`sslr.feedback.learning.FeedbackLearning` sets B <- B + (W' - W) - lr * wd * (B - W)
+    (W, W': the weight before and after the step; lr, wd: its parameter group's). For plain
+    SGD this is the paper's rule exactly: both get the update -lr * dL/dW (the local update,
+    transposed for B in the paper's notation) and each its own decay -lr * wd * (itself); with
+    momentum or Adam, B takes W's whole step, whatever the optimizer made of the gradient.
+    Kolen & Pollack 1994; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019, "Deep Learning
+    without Weight Transport". B starts as fa's M of the same seed (meanabs: M ~ U(-1, 1), not rescaled: B
+    is learned state, not a function of W).
+    """
+
+    name = "kp"
+    draws_as = "fa"
+    fixed_buffer = "feedback_weight"
+    learns = "kolen-pollack"
+
+    def draw_fixed(self, weight, scale, generator):
+        return _random_feedback(weight, scale, generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        return aux
+
+
+@register_rule
+class WeightMirror(FeedbackRule):
+    """Weight mirror: B starts as fa's random M and learns W from the layer's own response to
+    noise: in a mirror step the layer receives x ~ N(0, sigma^2) (no bias), answers y = W x,
+    and B <- B + rate * (y x^T / (n sigma^2) - decay * B), whose mean step moves B towards
+    W / decay (n: the samples behind the correlation; a conv layer's y x^T is the weight
+    gradient of its convolution, summed over positions and divided by their count).
+
+    B is the persistent buffer ``feedback_weight``, updated by
+    :class:`sslr.feedback.learning.FeedbackLearning` after optimizer steps (rate, noise,
+    decay, batch and how often: :class:`sslr.feedback.learning.Mirror`); the noise is drawn
+    from the layer's seed and its mirror counter (buffer ``feedback_mirrors``), so a resumed
+    run mirrors the same noise. B starts as fa's M of the same seed (as for kp). Akrout et
+    al. 2019, "Deep Learning without Weight Transport".
+    """
+
+    name = "wm"
+    draws_as = "fa"
+    fixed_buffer = "feedback_weight"
+    learns = "mirror"
+
+    def draw_fixed(self, weight, scale, generator):
+        return _random_feedback(weight, scale, generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        return aux
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch import nn
 from sslr.checkpoints import CheckpointError, check_fits, load_task
 from sslr.errors import UserError
 from sslr.feedback import convert_model, feedback_layers, list_rules, list_scales, set_rule
+from sslr.feedback.learning import FeedbackLearning, Mirror
 from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class FeedbackTask(LightningModule):
         seed: int,
         mean: Sequence[float],
         std: Sequence[float],
+        kp_decay: float | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
         if rule not in list_rules():
             raise ValueError(f"Unknown rule {rule!r}: known rules are {', '.join(list_rules())}")
@@ -105,7 +108,11 @@ class FeedbackTask(LightningModule):
             )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std must be 3 numbers with std > 0, got {mean}, {std}")
+        if kp_decay is not None and not 0 <= kp_decay < 1:
+            raise ValueError(f"kp_decay must be in [0, 1) or null, got {kp_decay}")
         self.network = convert_model(network, rule, scale=scale, exclude=tuple(exclude), seed=seed)
+        self._kp_decay, self._mirror = kp_decay, mirror or Mirror()
+        self._learning: list[FeedbackLearning] = []
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
@@ -253,7 +260,33 @@ class FeedbackTask(LightningModule):
         self._pretrained_done = True
         self._rng_to_restore = checkpoint.get("sslr_rng")
 
+    # --- feedback that learns (kp, wm): B's updates follow the optimizer's steps ----------
+
+    def _attach_learning(self) -> None:
+        # Attached for every fit, whatever the rule now (a RuleSwitch to kp or wm is followed),
+        # once the checkpoint is restored: wm's ``mirror_every`` counts from the global step.
+        self._detach_learning()
+        self._learning = [
+            FeedbackLearning(
+                self.network,
+                opt,
+                mirror=self._mirror,
+                kp_decay=self._kp_decay,
+                steps=self.trainer.global_step,
+            )
+            for opt in self.trainer.optimizers
+        ]
+
+    def on_train_end(self) -> None:
+        self._detach_learning()
+
+    def _detach_learning(self) -> None:
+        for learning in self._learning:
+            learning.remove()
+        self._learning = []
+
     def on_train_start(self) -> None:
+        self._attach_learning()
         # Restored here, after the sanity check, which would otherwise consume random numbers.
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore)

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from sslr.feedback.learning import Mirror
 from sslr.tasks.backbones import build_network
 from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, CompileMode, FeedbackTask
 
-Rule = Literal["bp", "fa", "usf", "frsf", "brsf"]
+Rule = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]
 Scale = Literal["xavier", "meanabs", "none"]
 
 
@@ -23,7 +24,8 @@ class ClassificationTask(FeedbackTask):
     Args:
         backbone: a torchvision classification model name (``torchvision.models.get_model``).
         num_classes: classes of the data (linked from the DataModule by the CLI).
-        rule: the learning rule of every converted layer: bp, fa, usf, frsf or brsf.
+        rule: the learning rule of every converted layer: bp, fa, dfa, usf, frsf, brsf, kp or wm
+            (``sslr fit --help`` and the README's Rules say what each is).
         scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
         exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
         weights: torchvision weights to start from (e.g. IMAGENET1K_V1), or None.
@@ -32,6 +34,12 @@ class ClassificationTask(FeedbackTask):
         small_input: 32-px stem for ResNets (3x3 stride-1 first conv, no max-pool).
         mean, std: normalization applied inside ``forward`` (linked from the DataModule).
         seed: seed of the feedback matrices (fa, frsf) and of brsf's draws.
+        kp_decay: kp only: the decay of B - W per optimizer step; None (the default) takes the
+            optimizer's lr * weight_decay, as Kolen-Pollack does.
+        mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every: wm only: the step
+            size of B's mirror update, the noise's standard deviation, B's decay (B tends to
+            W / decay), the noise inputs per mirror step, and a mirror step after every
+            ``mirror_every``-th optimizer step (:class:`sslr.feedback.learning.Mirror`).
         label_smoothing: cross-entropy label smoothing.
         compile: run the network through ``torch.compile`` inside the Trainer: true (the
             default mode) or a mode, e.g. ``max-autotune-no-cudagraphs``. The first steps pay
@@ -51,6 +59,12 @@ class ClassificationTask(FeedbackTask):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        kp_decay: float | None = None,
+        mirror_rate: float = 0.02,
+        mirror_noise: float = 1.0,
+        mirror_decay: float = 1.0,
+        mirror_batch: int = 16,
+        mirror_every: int = 1,
         label_smoothing: float = 0.0,
         compile: bool | CompileMode = False,
     ) -> None:
@@ -59,7 +73,15 @@ class ClassificationTask(FeedbackTask):
         self.save_hyperparameters()
         network = build_network(backbone, num_classes, small_input=small_input)
         self._init_feedback(
-            network, rule=rule, scale=scale, exclude=exclude, seed=seed, mean=mean, std=std
+            network,
+            rule=rule,
+            scale=scale,
+            exclude=exclude,
+            seed=seed,
+            mean=mean,
+            std=std,
+            kp_decay=kp_decay,
+            mirror=Mirror(mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every),
         )
         self.num_classes = num_classes
         top5 = min(5, num_classes)

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from sslr.feedback.learning import Mirror
 from sslr.hashing.losses import get_loss, hashnet_beta
 from sslr.metrics import MeanAveragePrecision, binarize
 from sslr.tasks.backbones import build_network, head_name
@@ -53,7 +54,8 @@ class HashingTask(FeedbackTask):
         loss_options: keyword options of the loss (e.g. ``{quantization_weight: 0.1}``,
             DCH's ``gamma``, HyP2's ``pair_weight`` and ``threshold``); unknown names are an
             error.
-        rule: the learning rule of every converted layer: bp, fa, usf, frsf or brsf.
+        rule: the learning rule of every converted layer: bp, fa, dfa, usf, frsf, brsf, kp or wm
+            (``sslr fit --help`` and the README's Rules say what each is).
         scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
         exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
         weights: torchvision weights to start from (e.g. IMAGENET1K_V1), or None.
@@ -62,6 +64,12 @@ class HashingTask(FeedbackTask):
         small_input: 32-px stem for ResNets (3x3 stride-1 first conv, no max-pool).
         mean, std: normalization applied inside ``forward`` (linked from the DataModule).
         seed: seed of the feedback matrices (fa, frsf), of brsf's draws and of CSQ's centers.
+        kp_decay: kp only: the decay of B - W per optimizer step; None (the default) takes the
+            optimizer's lr * weight_decay, as Kolen-Pollack does.
+        mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every: wm only: the step
+            size of B's mirror update, the noise's standard deviation, B's decay (B tends to
+            W / decay), the noise inputs per mirror step, and a mirror step after every
+            ``mirror_every``-th optimizer step (:class:`sslr.feedback.learning.Mirror`).
         optimizer: optimizer class (or callable taking parameter groups); default Adam.
         lr: learning rate of the backbone.
         head_lr_mult: the hash layer learns at ``lr * head_lr_mult``.
@@ -93,6 +101,12 @@ class HashingTask(FeedbackTask):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        kp_decay: float | None = None,
+        mirror_rate: float = 0.02,
+        mirror_noise: float = 1.0,
+        mirror_decay: float = 1.0,
+        mirror_batch: int = 16,
+        mirror_every: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr: float = 1e-5,
         head_lr_mult: float = 10.0,
@@ -125,7 +139,15 @@ class HashingTask(FeedbackTask):
         nn.init.normal_(head.weight, 0.0, 0.01)  # the hash layer, as the paper's code
         nn.init.zeros_(head.bias)
         self._init_feedback(
-            network, rule=rule, scale=scale, exclude=exclude, seed=seed, mean=mean, std=std
+            network,
+            rule=rule,
+            scale=scale,
+            exclude=exclude,
+            seed=seed,
+            mean=mean,
+            std=std,
+            kp_decay=kp_decay,
+            mirror=Mirror(mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every),
         )
         self.bits = bits
         self.num_classes = num_classes
