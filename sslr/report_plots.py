@@ -42,10 +42,11 @@ RULE_STYLES = {
     "frsf": {"color": "tab:orange", "marker": "^"},
     "brsf": {"color": "tab:green", "marker": "D"},
     "dfa": {"color": "tab:brown", "marker": "P"},
+    "ldfa": {"color": "tab:pink", "marker": "h"},
     "kp": {"color": "tab:red", "marker": "X"},
     "wm": {"color": "tab:purple", "marker": "*"},
 }
-_OTHER_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "gold", "navy", "teal")
+_OTHER_COLORS = ("tab:olive", "tab:cyan", "gold", "navy", "teal")
 
 # A point: (eps, value, interval low, interval high), the interval None where unknown.
 Point = tuple[float, float, float | None, float | None]

@@ -37,7 +37,7 @@ import yaml
 
 from sslr.results import GRADIENT_ORDER, ResultsError, read_rows
 
-RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm")
+RULE_ORDER = ("bp", "fa", "dfa", "ldfa", "usf", "frsf", "brsf", "kp", "wm")
 ROBUSTNESS_COLUMNS = ("attack", "norm", "eps", "steps", "gradient", "accuracy", "n")
 CSV_COLUMNS = (
     *("task", "dataset", "backbone", "bits", "rule", "seed", "attack", "norm", "eps", "steps"),

@@ -34,6 +34,7 @@ def convert_model(
     exclude: Iterable[str] | str = (),
     seed: int | None = None,
     output_dim: int | None = None,
+    rank: int | None = None,
 ) -> nn.Module:
     """Replace every nn.Conv2d and nn.Linear of ``model`` with a feedback layer using ``rule``.
 
@@ -51,7 +52,8 @@ def convert_model(
     dfa projects the network's output error (N, D) into every layer: ``output_dim`` is D,
     by default the output size of the last nn.Linear (the head); the returned root gets the
     hooks that hand its output error to the layers (:mod:`sslr.feedback.direct`), so the
-    loss must read that root's output.
+    loss must read that root's output. ldfa's B has rank ``rank``, by default ``output_dim``
+    (itself by default the head's output size); ``rank`` is refused for other rules.
     """
     rule_ = get_rule(rule)
     scale_ = get_scale(scale)
@@ -73,7 +75,8 @@ def convert_model(
         seed = random_seed()
     index = {name: i for i, name in enumerate(names)}
     converted: dict[int, nn.Module] = {}  # shared modules are converted once
-    built = "bp" if rule_.direct else rule_  # dfa: switched once the root is known
+    _check_rank(rule_, rank)
+    built = "bp" if rule_.direct or rule_.low_rank else rule_  # switched once the root is known
     chosen: list[FeedbackLayer] = []
 
     def convert(module: nn.Module, name: str, excluded: bool) -> nn.Module:
@@ -105,25 +108,52 @@ def convert_model(
         raise ValueError(
             f"exclude={patterns!r} leaves no layer of {type(model).__name__} to convert."
         )
-    if rule_.direct:
-        _direct_feedback(root, chosen, output_dim)
+    if rule_.direct or rule_.low_rank:
+        _network_feedback(root, chosen, rule_, output_dim, rank)
         for layer in chosen:
             layer.set_rule(rule_, scale_)
     return root
 
 
-def _direct_feedback(root: nn.Module, layers: list[FeedbackLayer], output_dim: int | None) -> None:
-    """Give ``layers`` the output size D and the root's DirectFeedback (made once per root)."""
+def _check_rank(rule, rank: int | None) -> None:
+    if rank is None:
+        return
+    if not rule.low_rank:
+        raise ValueError(
+            f"a feedback rank applies to ldfa (low-rank feedback alignment), not to {rule.name}: "
+            "drop feedback_rank or use rule ldfa"
+        )
+    if int(rank) < 1:
+        raise ValueError(f"feedback_rank must be a positive integer, got {rank}")
+
+
+def _output_size(root: nn.Module, output_dim: int | None, rule: str) -> int:
     if output_dim is None:
         heads = [m for m in root.modules() if isinstance(m, nn.Linear)]
         if not heads:
             raise ValueError(
-                f"dfa needs the size of {type(root).__name__}'s output and it has no nn.Linear "
-                "head to read it from: pass output_dim"
+                f"{rule} needs the size of {type(root).__name__}'s output and it has no "
+                "nn.Linear head to read it from: pass output_dim"
             )
         output_dim = heads[-1].out_features
     if int(output_dim) < 1:
         raise ValueError(f"output_dim must be a positive number of outputs, got {output_dim}")
+    return int(output_dim)
+
+
+def _network_feedback(root, layers, rule, output_dim: int | None, rank: int | None) -> None:
+    """What dfa and ldfa layers need from their network: D and the root's DirectFeedback
+    (dfa), the rank (ldfa)."""
+    size = _output_size(root, output_dim, rule.name)
+    if rule.low_rank:
+        for layer in layers:
+            layer.__dict__["_rank"] = size if rank is None else int(rank)
+    if rule.direct:
+        _direct_feedback(root, layers, size)
+
+
+def _direct_feedback(root: nn.Module, layers: list[FeedbackLayer], output_dim: int) -> None:
+    """Give ``layers`` the output size D and the root's DirectFeedback (made once per root)."""
     direct = root.__dict__.get("_sslr_direct")
     if direct is None or direct.output_dim != output_dim:
         if direct is not None:
@@ -141,7 +171,9 @@ def feedback_layers(model: nn.Module) -> Iterator[tuple[str, FeedbackLayer]]:
             yield name, module
 
 
-def set_rule(model: nn.Module, rule: str, *, output_dim: int | None = None) -> nn.Module:
+def set_rule(
+    model: nn.Module, rule: str, *, output_dim: int | None = None, rank: int | None = None
+) -> nn.Module:
     """Switch every feedback layer of ``model`` to ``rule`` in place; returns ``model``.
 
     No module is replaced and the Parameters stay the same objects, so an optimizer and its
@@ -150,7 +182,8 @@ def set_rule(model: nn.Module, rule: str, *, output_dim: int | None = None) -> n
     plain by ``convert_model(exclude=...)`` stay plain. Call it on every rank under DDP, and
     before wrapping (DDP lists the buffers it broadcasts when it wraps the model). dfa:
     ``model`` is the network whose output the loss reads (``output_dim`` as for
-    ``convert_model``).
+    ``convert_model``); ldfa: ``rank`` as for ``convert_model`` (a layer that has a rank
+    keeps it unless ``rank`` is given).
     """
     rule_ = get_rule(rule)
     layers = [layer for _, layer in feedback_layers(model)]
@@ -158,8 +191,11 @@ def set_rule(model: nn.Module, rule: str, *, output_dim: int | None = None) -> n
         raise ValueError(
             f"{type(model).__name__} has no feedback layer: convert it first with convert_model."
         )
+    _check_rank(rule_, rank)
     if rule_.direct:
-        _direct_feedback(model, layers, output_dim)
+        _network_feedback(model, layers, rule_, output_dim, None)
+    if rule_.low_rank and (rank is not None or any(m._rank is None for m in layers)):
+        _network_feedback(model, layers, rule_, output_dim, rank)
     for layer in layers:
         layer.set_rule(rule_)
     if not rule_.direct and "_sslr_direct" in model.__dict__:  # no dfa layer left: no tap

@@ -49,6 +49,7 @@ class FeedbackLayer:
         self._hashed = False  # brsf's last draw was made under torch.compile
         self._feedback = Feedback(self._rule, self._scale, self._constant)  # see set_rule
         self._output_dim: int | None = None  # dfa: the network's output size D
+        self._rank: int | None = None  # ldfa: the rank of B
         self._direct = None  # dfa: the root's DirectFeedback (sslr.feedback.direct)
         self.set_rule(rule, scale)
 
@@ -104,7 +105,16 @@ class FeedbackLayer:
         if new_rule.fixed_buffer is not None:
             key = zlib.crc32((new_rule.draws_as or new_rule.name).encode())
             generator = cpu_generator(derive_seed(seed, FIXED, key))
-            m = new_rule.draw_fixed(template, new_scale, generator)  # CPU float64: any device
+            if new_rule.low_rank:
+                rank = self.__dict__.get("_rank")
+                if rank is None:
+                    raise ValueError(
+                        f"{new_rule.name} needs a feedback rank: set it on the whole model "
+                        f"(convert_model(model, {new_rule.name!r}, rank=...) or set_rule)"
+                    )
+                m = new_rule.draw_low_rank(template, new_scale, generator, rank)
+            else:  # CPU float64: the same values on any device
+                m = new_rule.draw_fixed(template, new_scale, generator)
             dtype = w.dtype if w.is_floating_point() else torch.get_default_dtype()
             self.register_buffer(new_rule.fixed_buffer, m.to(device=w.device, dtype=dtype))
         if new_rule.learns == "mirror":

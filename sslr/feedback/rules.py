@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-RuleName = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]
+RuleName = Literal["bp", "fa", "dfa", "ldfa", "usf", "frsf", "brsf", "kp", "wm"]
 ScaleName = Literal["xavier", "meanabs", "none"]
 
 _RULES: dict[str, FeedbackRule] = {}
@@ -163,6 +163,7 @@ class FeedbackRule:
     learns: ClassVar[str | None] = None
     draws_as: ClassVar[str | None] = None  # the rule whose random draw this one starts from
     direct: ClassVar[bool] = False  # B projects the network's output error (dfa)
+    low_rank: ClassVar[bool] = False  # B has a rank set per network (ldfa: draw_low_rank)
 
     def draw_fixed(self, weight: Tensor, scale: Scale, generator: torch.Generator) -> Tensor:
         """The persistent random tensor (on the CPU, in float64) for ``fixed_buffer``."""
@@ -253,6 +254,41 @@ class DirectFeedbackAlignment(FeedbackRule):
     def draw_fixed(self, weight, scale, generator):
         # ``weight``: a tensor of B's shape (D, in, ...), the meta template the layer passes
         return _random_feedback(weight, scale, generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        if scale.adaptive:
+            return aux * _meanabs_factor(weight, aux)
+        return aux
+
+
+@register_rule
+class LowRankFeedbackAlignment(FeedbackRule):
+    """Low-dimensional feedback alignment: fa with a rank-r B = Q P, Q (out, r) and P (r, in *
+    kh * kw) fixed random, so the error a layer sends down lives in an r-dimensional space.
+
+    The backward pathway of Hanut & Kadmon 2025 ("Training Large Neural Networks With
+    Low-Dimensional Error Feedback", arXiv 2502.20580), with fixed random factors: their
+    learning rules for Q and P (normative or local subspace learning) are not implemented.
+    r: the model's ``feedback_rank``, by default the network's output size (their finding:
+    an error dimension of the order of the task's suffices), capped at min(out, in * kh * kw).
+    Q, P ~ U(-1, 1) drawn once from the layer's seed; B = Q P rescaled to the root-mean-square
+    of fa's M (xavier: a / sqrt(3)) and kept whole in the buffer ``feedback_weight`` (the
+    backward is fa's, one product; meanabs rescales B so mean|B| = mean|W|, as fa).
+    """
+
+    name = "ldfa"
+    fixed_buffer = "feedback_weight"
+    low_rank = True
+
+    def draw_low_rank(self, weight, scale, generator, rank: int) -> Tensor:
+        rows = weight.shape[0]
+        cols = weight[0].numel()
+        r = max(1, min(int(rank), rows, cols))
+        q = torch.empty((rows, r), dtype=torch.float64).uniform_(-1.0, 1.0, generator=generator)
+        p = torch.empty((r, cols), dtype=torch.float64).uniform_(-1.0, 1.0, generator=generator)
+        b = q.mm(p)
+        target = scale.bound(weight) / math.sqrt(3.0)  # the rms of U(-a, a)
+        return b.mul_(target / b.pow(2).mean().sqrt()).view(weight.shape)
 
     def matrix(self, weight, aux, scale, constant):
         if scale.adaptive:

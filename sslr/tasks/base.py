@@ -97,6 +97,7 @@ class FeedbackTask(LightningModule):
         seed: int,
         mean: Sequence[float],
         std: Sequence[float],
+        rank: int | None = None,
         kp_decay: float | None = None,
         mirror: Mirror | None = None,
     ) -> None:
@@ -110,7 +111,9 @@ class FeedbackTask(LightningModule):
             raise ValueError(f"mean and std must be 3 numbers with std > 0, got {mean}, {std}")
         if kp_decay is not None and not 0 <= kp_decay < 1:
             raise ValueError(f"kp_decay must be in [0, 1) or null, got {kp_decay}")
-        self.network = convert_model(network, rule, scale=scale, exclude=tuple(exclude), seed=seed)
+        self.network = convert_model(
+            network, rule, scale=scale, exclude=tuple(exclude), seed=seed, rank=rank
+        )
         self._kp_decay, self._mirror = kp_decay, mirror or Mirror()
         self._learning: list[FeedbackLearning] = []
         self.mean = tuple(float(m) for m in mean)

@@ -14,7 +14,7 @@ from sslr.feedback.learning import Mirror
 from sslr.tasks.backbones import build_network
 from sslr.tasks.base import IMAGENET_MEAN, IMAGENET_STD, CompileMode, FeedbackTask
 
-Rule = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]
+Rule = Literal["bp", "fa", "dfa", "ldfa", "usf", "frsf", "brsf", "kp", "wm"]
 Scale = Literal["xavier", "meanabs", "none"]
 
 
@@ -24,7 +24,8 @@ class ClassificationTask(FeedbackTask):
     Args:
         backbone: a torchvision classification model name (``torchvision.models.get_model``).
         num_classes: classes of the data (linked from the DataModule by the CLI).
-        rule: the learning rule of every converted layer: bp, fa, dfa, usf, frsf, brsf, kp or wm
+        rule: the learning rule of every converted layer: bp, fa, dfa, ldfa, usf, frsf, brsf, kp or
+            wm
             (``sslr fit --help`` and the README's Rules say what each is).
         scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
         exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
@@ -34,6 +35,7 @@ class ClassificationTask(FeedbackTask):
         small_input: 32-px stem for ResNets (3x3 stride-1 first conv, no max-pool).
         mean, std: normalization applied inside ``forward`` (linked from the DataModule).
         seed: seed of the feedback matrices (fa, frsf) and of brsf's draws.
+        feedback_rank: ldfa only: the rank of B (default: the network's output size).
         kp_decay: kp only: the decay of B - W per optimizer step; None (the default) takes the
             optimizer's lr * weight_decay, as Kolen-Pollack does.
         mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every: wm only: the step
@@ -59,6 +61,7 @@ class ClassificationTask(FeedbackTask):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        feedback_rank: int | None = None,
         kp_decay: float | None = None,
         mirror_rate: float = 0.02,
         mirror_noise: float = 1.0,
@@ -80,6 +83,7 @@ class ClassificationTask(FeedbackTask):
             seed=seed,
             mean=mean,
             std=std,
+            rank=feedback_rank,
             kp_decay=kp_decay,
             mirror=Mirror(mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every),
         )

@@ -54,7 +54,8 @@ class HashingTask(FeedbackTask):
         loss_options: keyword options of the loss (e.g. ``{quantization_weight: 0.1}``,
             DCH's ``gamma``, HyP2's ``pair_weight`` and ``threshold``); unknown names are an
             error.
-        rule: the learning rule of every converted layer: bp, fa, dfa, usf, frsf, brsf, kp or wm
+        rule: the learning rule of every converted layer: bp, fa, dfa, ldfa, usf, frsf, brsf, kp or
+            wm
             (``sslr fit --help`` and the README's Rules say what each is).
         scale: the feedback scale: xavier (the paper's, via BioTorch), meanabs or none.
         exclude: fnmatch patterns of module names kept on plain BP (e.g. ``["fc"]``).
@@ -64,6 +65,7 @@ class HashingTask(FeedbackTask):
         small_input: 32-px stem for ResNets (3x3 stride-1 first conv, no max-pool).
         mean, std: normalization applied inside ``forward`` (linked from the DataModule).
         seed: seed of the feedback matrices (fa, frsf), of brsf's draws and of CSQ's centers.
+        feedback_rank: ldfa only: the rank of B (default: the network's output size).
         kp_decay: kp only: the decay of B - W per optimizer step; None (the default) takes the
             optimizer's lr * weight_decay, as Kolen-Pollack does.
         mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every: wm only: the step
@@ -101,6 +103,7 @@ class HashingTask(FeedbackTask):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        feedback_rank: int | None = None,
         kp_decay: float | None = None,
         mirror_rate: float = 0.02,
         mirror_noise: float = 1.0,
@@ -146,6 +149,7 @@ class HashingTask(FeedbackTask):
             seed=seed,
             mean=mean,
             std=std,
+            rank=feedback_rank,
             kp_decay=kp_decay,
             mirror=Mirror(mirror_rate, mirror_noise, mirror_decay, mirror_batch, mirror_every),
         )

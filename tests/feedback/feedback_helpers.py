@@ -7,8 +7,8 @@ from torch import nn
 
 from sslr.feedback import FeedbackConv2d, FeedbackLinear, list_rules
 
-# dfa projects the output error of a whole network: its layers are tested in test_direct.py
-RULES = [rule for rule in list_rules() if rule != "dfa"]
+# dfa (the output error) and ldfa (the rank) are set per network: tested in test_direct.py
+RULES = [rule for rule in list_rules() if rule not in ("dfa", "ldfa")]
 RANDOM_RULES = ["fa", "frsf", "brsf"]
 SIGN_RULES = ["usf", "frsf", "brsf"]
 

@@ -139,7 +139,7 @@ def test_shared_modules_are_converted_once():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="known rules: bp, fa, dfa, usf, frsf, brsf, kp, wm"):
+    with pytest.raises(ValueError, match="known rules: bp, fa, dfa, ldfa, usf, frsf, brsf, kp, wm"):
         convert_model(small_net(), "sign")
     with pytest.raises(ValueError, match="known scales: xavier, meanabs, none"):
         convert_model(small_net(), "usf", scale="kaiming")

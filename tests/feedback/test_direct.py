@@ -140,3 +140,43 @@ def test_dfa_error_cases_say_what_to_do():
     inner = net[2]
     with pytest.raises(DirectFeedbackError, match="converted as a whole"):
         inner(torch.randn(2, 6, requires_grad=True)).sum().backward()
+
+
+# ldfa: fa with a rank-r B, the rank set per network
+
+
+def test_ldfa_b_has_the_rank_asked_and_fas_size():
+    net = two_layers(rule="ldfa")  # default rank: the output size, 5; conv: capped at 3 rows
+    fa = two_layers(rule="fa")
+    conv, linear = net[0], net[3]
+    assert torch.linalg.matrix_rank(linear.feedback_weight).item() == 5
+    assert torch.linalg.matrix_rank(conv.feedback_weight.flatten(1)).item() == 3
+    for mine, theirs in ((conv, fa[0]), (linear, fa[3])):
+        rms = mine.feedback_weight.pow(2).mean().sqrt()
+        bound = theirs.feedback_weight.abs().max()  # about fa's a
+        assert rms.item() == pytest.approx(math.sqrt(6 / sum(_fans(mine))) / math.sqrt(3))
+        assert rms < bound
+    wide = convert_model(
+        nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 10)), "ldfa", rank=2
+    )
+    assert torch.linalg.matrix_rank(wide[0].feedback_weight).item() == 2
+    # the backward sends the error through that B: e B, read back from the input gradient
+    x = torch.randn(3, 40, requires_grad=True)
+    e = torch.randn(3, 30)
+    wide[0](x).backward(e)
+    torch.testing.assert_close(x.grad, e.mm(wide[0].feedback_weight))
+
+
+def _fans(layer) -> tuple[int, int]:
+    w = layer.weight
+    k = w[0, 0].numel() if w.dim() == 4 else 1
+    return w.shape[1] * k, w.shape[0] * k
+
+
+def test_ldfa_rank_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="applies to ldfa"):
+        convert_model(nn.Sequential(nn.Linear(4, 3)), "fa", rank=2)
+    with pytest.raises(ValueError, match="positive"):
+        convert_model(nn.Sequential(nn.Linear(4, 3)), "ldfa", rank=0)
+    with pytest.raises(ValueError, match="feedback rank"):
+        FeedbackLinear(4, 3, rule="ldfa")

@@ -272,7 +272,7 @@ def test_brsf_sequence_is_a_function_of_the_seed():
 
 
 def test_registries():
-    assert list_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]
+    assert list_rules() == ["bp", "fa", "dfa", "ldfa", "usf", "frsf", "brsf", "kp", "wm"]
     assert list_scales() == ["xavier", "meanabs", "none"]
     with pytest.raises(ValueError, match="already registered"):
 
@@ -292,7 +292,7 @@ def test_eval_forward_under_inference_mode(rule):
 
 
 def test_constructor_validates_rule_and_scale():
-    with pytest.raises(ValueError, match="known rules: bp, fa, dfa, usf, frsf, brsf, kp, wm"):
+    with pytest.raises(ValueError, match="known rules: bp, fa, dfa, ldfa, usf, frsf, brsf, kp, wm"):
         FeedbackLinear(2, 2, rule="sf")
     with pytest.raises(ValueError, match="known scales: xavier, meanabs, none"):
         FeedbackConv2d(2, 2, 1, rule="usf", scale="he")
