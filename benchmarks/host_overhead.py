@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sslr.atomic import atomic_write
-from sslr.feedback import convert_model, feedback_layers, list_rules
+from sslr.feedback import FeedbackLearning, convert_model, feedback_layers, list_rules
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_US = 25.0
@@ -113,6 +113,9 @@ class Step:
         self.model = model.train()
         self.x, self.y = x, y
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        # kp and wm update B after each optimizer step, as the tasks do (their cost counts)
+        if any(layer._rule.learns for _, layer in feedback_layers(model)):
+            FeedbackLearning(model, self.optimizer)
         self.forward = torch.compile(model) if compiled else model
 
     def __call__(self) -> float:

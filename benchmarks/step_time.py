@@ -30,7 +30,7 @@ import torch
 import torchvision
 from torch import nn
 
-from sslr.feedback import convert_model, list_rules
+from sslr.feedback import FeedbackLearning, convert_model, feedback_layers, list_rules
 
 CUDA_BATCH = {32: 128, 224: 64}
 CPU_BATCH = 8
@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"])
     p.add_argument("--compile-mode", default="default", help="torch.compile mode")
     p.add_argument("--scale", default="xavier")
+    p.add_argument(
+        "--classes", type=int, default=10, help="outputs of the head (dfa's B projects them)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model")
     p.add_argument("--reps", type=int, default=None, help="timed steps per model")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
@@ -78,6 +81,9 @@ class Trainer:
     def __init__(self, model, x, y, device, precision, compiled, compile_mode):
         self.model, self.x, self.y, self.device = model, x, y, device
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        # kp and wm update B after each optimizer step, as the tasks do (their cost counts)
+        if any(layer._rule.learns for _, layer in feedback_layers(model)):
+            FeedbackLearning(model, self.optimizer)
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if precision == "bf16"
@@ -106,10 +112,10 @@ def measure(name, size, precision, mode, args) -> dict:
     device = torch.device(args.device)
     batch = args.batch or (CUDA_BATCH.get(size, 64) if device.type == "cuda" else CPU_BATCH)
     torch.manual_seed(0)
-    base = torchvision.models.get_model(name, weights=None)
+    base = torchvision.models.get_model(name, weights=None, num_classes=args.classes)
     memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
-    y = torch.randint(0, 1000, (batch,), device=device)
+    y = torch.randint(0, args.classes, (batch,), device=device)
     trainers = {}
     for rule in ["bp", *args.rules]:
         model = convert_model(copy.deepcopy(base), rule, scale=args.scale, seed=0)
@@ -158,7 +164,7 @@ def main(argv=None) -> None:
     header = (
         f"Train-step time (forward, backward, SGD step; median of {args.reps} interleaved "
         f"steps after {args.warmup} warm-up) on {device_name(args.device)}, torch "
-        f"{torch.__version__}, scale {args.scale}; bf16 = autocast + channels_last; "
+        f"{torch.__version__}, scale {args.scale}, {args.classes} classes; bf16 = autocast + channels_last; "
         f"compile mode {args.compile_mode!r}."
     )
     print(header, flush=True)

@@ -34,6 +34,7 @@ import sslr.tasks  # noqa: F401
 from sslr.atomic import FolderLock, first_missing
 from sslr.checkpoints import check_config_fits, check_fits, load_checkpoint, require_lightning
 from sslr.errors import USER_ERRORS, UserError
+from sslr.feedback.rules import rules_help
 from sslr.loggers import fill_wandb_args, one_logger_per_kind, wire_wandb
 from sslr.packaged import resolve_config_args
 from sslr.quiet import quiet_third_party
@@ -56,6 +57,7 @@ OTHER_COMMANDS = {
     "demo": ("sslr.demo", "main", "the whole story on Digits, on the CPU, in a few minutes"),
 }
 
+_RULES_HELP = "Learning rules (--model.rule):\n" + rules_help()
 _DESCRIPTION = (
     f"sslr {sslr.__version__}: fine-tune pretrained vision networks with sign-symmetry "
     "learning rules and measure accuracy and adversarial robustness.\n"
@@ -63,6 +65,7 @@ _DESCRIPTION = (
         f"  sslr {name}: {doc} (sslr {name} --help)\n"
         for name, (_, _, doc) in OTHER_COMMANDS.items()
     )
+    + _RULES_HELP
 )
 
 
@@ -471,7 +474,7 @@ def run(args: list[str]) -> SslrCLI:
     args = _completion_args(resolve_config_args(args))
     strict = {"exit_on_error": False}
     parser_kwargs = {**_help_kwargs(), **strict}
-    parser_kwargs.update({name: dict(strict) for name in SslrCLI.subcommands()})
+    parser_kwargs.update({name: _subcommand_kwargs(strict) for name in SslrCLI.subcommands()})
     # The args become the command line: Lightning's DDP launcher re-executes sys.argv to start
     # the other processes, so they must see the same subcommand and options.
     argv0, sys.argv = sys.argv, [sys.argv[0], *args]
@@ -638,6 +641,11 @@ def _help_kwargs() -> dict:
         "usage": usage,
         "formatter_class": _HelpFormatter,
     }
+
+
+def _subcommand_kwargs(strict: dict) -> dict:
+    """A subcommand's parser: its --help lists the learning rules, one line each."""
+    return {**strict, "description": _RULES_HELP, "formatter_class": _HelpFormatter}
 
 
 def _cli(parser_kwargs: dict, cli_class: type[SslrCLI] = SslrCLI) -> SslrCLI:

@@ -71,6 +71,11 @@ class SplitDataModule(L.LightningDataModule):
         # constructor between (Lightning walks the __init__ frames of the class hierarchy, with
         # their **kwargs), so checkpoints keep them all.
         self.save_hyperparameters(ignore=["source", "splits", *self.fixed_options])
+        # Not merged into the loggers' hyperparameters: Lightning refuses a key the task and
+        # the data share with different values, and both have a ``seed`` (the feedback's, the
+        # splits' and order's), so `--model.seed 1` alone failed. The whole resolved config is
+        # in the run's config.yaml and W&B's config; checkpoints still keep these hparams.
+        self._log_hyperparams = False
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if num_workers < 0:

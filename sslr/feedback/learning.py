@@ -104,7 +104,8 @@ class FeedbackLearning:
 
     ``FeedbackLearning(model, optimizer)`` registers the hooks; ``remove()`` takes them off.
     Layers are looked up at every step, so a rule switched mid-run (``set_rule``,
-    ``RuleSwitch``) is followed; a layer whose weight the optimizer does not hold, or inside
+    ``RuleSwitch``) is followed (the model's layers are listed when the hooks are attached:
+    attach after converting); a layer whose weight the optimizer does not hold, or inside
     ``exact_gradients``, is left alone. A wm layer mirrors once it has seen an input (its
     shape is the noise's). ``kp_decay``: B - W's decay per step instead of lr * weight_decay;
     ``steps``: optimizer steps already taken (a resumed run), which ``Mirror.every`` counts.
@@ -126,6 +127,9 @@ class FeedbackLearning:
         self.kp_decay = kp_decay
         self.steps = steps  # optimizer steps taken (a resumed run: those before it)
         self._before: list[tuple[FeedbackLayer, Tensor]] = []
+        self._layers = [layer for _, layer in feedback_layers(model)]
+        self._groups: dict[int, dict] | None = None  # id(parameter) -> its group
+        self._n_groups = 0
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -136,21 +140,23 @@ class FeedbackLearning:
             handle.remove()
         self._handles = []
 
-    def _group(self, weight: Tensor) -> dict | None:
-        for group in self.optimizer.param_groups:
-            if any(p is weight for p in group["params"]):
-                return group
-        return None
-
     def _learning(self, kind: str) -> list[FeedbackLayer]:
+        # The layers are listed once (conversion is done); their rules are read every step.
+        # A parameter group added later (add_param_group) is picked up by the lookup's size.
+        groups = self.optimizer.param_groups
+        if self._groups is None or self._n_groups != len(groups):
+            self._groups = {id(p): g for g in groups for p in g["params"]}
+            self._n_groups = len(groups)
         return [
             layer
-            for _, layer in feedback_layers(self.model)
-            if layer._rule.learns == kind and not layer._exact_depth
+            for layer in self._layers
+            if layer._rule.learns == kind
+            and not layer._exact_depth
+            and id(layer.weight) in self._groups
         ]
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
-        layers = [m for m in self._learning("kolen-pollack") if self._group(m.weight) is not None]
+        layers = self._learning("kolen-pollack")
         if layers:
             with torch.no_grad():
                 weights = [m.weight.detach() for m in layers]
@@ -176,11 +182,11 @@ class FeedbackLearning:
                     if isinstance(layer, FeedbackConv2d)
                     else (layer.weight.shape[1],)
                 )
-                if shape is not None and self._group(layer.weight) is not None:
+                if shape is not None:
                     mirror_step(layer, self.mirror, shape)
 
     def _kp_rate(self, layer: FeedbackLayer) -> float:
         if self.kp_decay is not None:
             return self.kp_decay
-        group = self._group(layer.weight)
+        group = self._groups[id(layer.weight)]
         return float(group["lr"]) * float(group.get("weight_decay", 0.0))

@@ -157,6 +157,7 @@ class FeedbackRule:
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line for --help
     exact: ClassVar[bool] = False
     fixed_buffer: ClassVar[str | None] = None
     resamples: ClassVar[bool] = False
@@ -207,6 +208,7 @@ class Backprop(FeedbackRule):
     """
 
     name = "bp"
+    summary = "backpropagation, B = W (the control)"
     exact = True
 
     def matrix(self, weight, aux, scale, constant):
@@ -224,6 +226,7 @@ class FeedbackAlignment(FeedbackRule):
     """
 
     name = "fa"
+    summary = "feedback alignment: B a fixed random matrix"
     fixed_buffer = "feedback_weight"
 
     def draw_fixed(self, weight, scale, generator):
@@ -248,6 +251,9 @@ class DirectFeedbackAlignment(FeedbackRule):
     """
 
     name = "dfa"
+    summary = (
+        "direct feedback alignment: each layer gets the output error through its own fixed random B"
+    )
     fixed_buffer = "feedback_direct"
     direct = True
 
@@ -277,6 +283,7 @@ class LowRankFeedbackAlignment(FeedbackRule):
     """
 
     name = "ldfa"
+    summary = "low-rank feedback alignment: fixed random B of rank --model.feedback_rank"
     fixed_buffer = "feedback_weight"
     low_rank = True
 
@@ -306,6 +313,7 @@ class UniformSignSymmetry(FeedbackRule):
     """
 
     name = "usf"
+    summary = "uniform sign-symmetry: B = s * sign(W)"
 
     def matrix(self, weight, aux, scale, constant):
         b = torch.sign(weight)
@@ -321,6 +329,7 @@ class FixedRandomSignSymmetry(FeedbackRule):
     """
 
     name = "frsf"
+    summary = "fixed random-magnitude sign-symmetry: B = |M| * sign(W), M fixed"
     fixed_buffer = "feedback_magnitude"
 
     def draw_fixed(self, weight, scale, generator):
@@ -344,6 +353,7 @@ class BatchRandomSignSymmetry(FeedbackRule):
     """
 
     name = "brsf"
+    summary = "batch random-magnitude sign-symmetry: B = |M| * sign(W), M redrawn per batch"
     resamples = True
 
     def matrix(self, weight, aux, scale, constant):
@@ -374,6 +384,7 @@ class KolenPollack(FeedbackRule):
     """
 
     name = "kp"
+    summary = "Kolen-Pollack: B takes W's updates, B - W decays (B learns W)"
     draws_as = "fa"
     fixed_buffer = "feedback_weight"
     learns = "kolen-pollack"
@@ -402,6 +413,7 @@ class WeightMirror(FeedbackRule):
     """
 
     name = "wm"
+    summary = "weight mirror: B learns W from the layer's response to noise"
     draws_as = "fa"
     fixed_buffer = "feedback_weight"
     learns = "mirror"
@@ -420,6 +432,11 @@ class WeightMirror(FeedbackRule):
 def list_rules() -> list[str]:
     """Names of the registered feedback rules."""
     return list(_RULES)
+
+
+def rules_help(indent: str = "  ") -> str:
+    """One line per registered rule, ``name: summary``, for --help."""
+    return "".join(f"{indent}{name}: {rule.summary}\n" for name, rule in _RULES.items())
 
 
 def list_scales() -> list[str]:

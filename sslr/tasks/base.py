@@ -18,6 +18,7 @@ from sslr.checkpoints import CheckpointError, check_fits, load_task
 from sslr.errors import UserError
 from sslr.feedback import convert_model, feedback_layers, list_rules, list_scales, set_rule
 from sslr.feedback.learning import FeedbackLearning, Mirror
+from sslr.feedback.rules import get_rule
 from sslr.tasks.backbones import checkpoint_state_dict, load_pretrained, torchvision_state_dict
 
 log = logging.getLogger(__name__)
@@ -266,9 +267,11 @@ class FeedbackTask(LightningModule):
     # --- feedback that learns (kp, wm): B's updates follow the optimizer's steps ----------
 
     def _attach_learning(self) -> None:
-        # Attached for every fit, whatever the rule now (a RuleSwitch to kp or wm is followed),
-        # once the checkpoint is restored: wm's ``mirror_every`` counts from the global step.
+        # For a fit whose rule learns B (kp, wm), from now or after a RuleSwitch, attached once
+        # the checkpoint is restored: wm's ``mirror_every`` counts from the global step.
         self._detach_learning()
+        if not get_rule(self.hparams.rule).learns:
+            return
         self._learning = [
             FeedbackLearning(
                 self.network,
