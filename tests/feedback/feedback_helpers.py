@@ -9,6 +9,7 @@ from sslr.feedback import FeedbackConv2d, FeedbackLinear, list_rules
 
 # dfa (the output error) and ldfa (the rank) are set per network: tested in test_direct.py
 RULES = [rule for rule in list_rules() if rule not in ("dfa", "ldfa")]
+NETWORK_RULES = list_rules()  # every rule, for tests that convert whole networks
 RANDOM_RULES = ["fa", "frsf", "brsf"]
 SIGN_RULES = ["usf", "frsf", "brsf"]
 

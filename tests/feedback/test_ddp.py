@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from feedback_helpers import RULES
+from feedback_helpers import NETWORK_RULES as RULES
 from torch import nn
 
 from sslr.feedback import convert_model

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from feedback_helpers import RULES
+from feedback_helpers import NETWORK_RULES as RULES
 from torch import nn
 
 from sslr.feedback import convert_model, feedback_layers
