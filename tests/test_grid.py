@@ -1043,3 +1043,53 @@ def test_a_folder_of_the_other_seed_layout_is_refused(capsys, tmp_path, seeds_ru
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds the run of a grid with one seed" in err[0]
     assert sorted(p.name for p in single.iterdir()) == ["config.yaml"]
+
+
+def test_the_local_launcher_runs_at_most_max_parallel_jobs_at_once(tmp_path, monkeypatch):
+    """Stages ready together (every fine-tune of a four-rule grid) start no more than
+    --max-parallel at a time; fake jobs stand in for the processes."""
+    from sslr.grid import launch
+    from sslr.grid.spec import load_grid
+
+    path = two_rule_grid(tmp_path, rules=["bp", "fa", "usf", "frsf", "brsf"])
+    grid = load_grid(path, tmp_path / "grid")
+    driver = launch.Driver(grid, path, "local", 2, echo=lambda line: None)
+    running: set[str] = set()
+    most = [0]
+
+    class Job:
+        job_id = "0"
+        paths = type("Paths", (), {"stderr": "job.err"})
+
+        def __init__(self, label):
+            self.label, self.polls = label, 0
+
+        def done(self):
+            self.polls += 1
+            if self.polls < 2:
+                return False
+            running.discard(self.label)
+            return True
+
+    def submit(batch):
+        jobs = [Job(stage.label) for stage, _, _ in batch]
+        running.update(job.label for job in jobs)
+        most[0] = max(most[0], len(running))
+        return jobs
+
+    def check(stage, state, _running):
+        if all(state[a] == "done" for a in stage.after):
+            state[stage.label] = "ready"
+
+    def finished(state, item):
+        state[item.stage.label] = "done"
+
+    monkeypatch.setattr(launch, "POLL_S", 0)
+    monkeypatch.setattr(launch, "check_layout", lambda grid: None)
+    monkeypatch.setattr(driver.runner.commands, "check", lambda: None)
+    monkeypatch.setattr(driver, "_submit", submit)
+    monkeypatch.setattr(driver, "_check", check)
+    monkeypatch.setattr(driver, "_finished", finished)
+    monkeypatch.setattr(driver, "_say", lambda *args, **kwargs: None)
+    driver.run()
+    assert most[0] == 2  # five fine-tunes ready at once after the pretraining, two at a time

@@ -306,8 +306,8 @@ class Driver:
                         self._check(stage, state, running)
                 batch = []
                 for stage in [s for s in self.stages if state[s.label] == "ready"]:
-                    if self.launcher == "local" and len(running) >= self.max_parallel:
-                        break
+                    if self.launcher == "local" and len(running) + len(batch) >= self.max_parallel:
+                        break  # the ones already in this batch count: they start with it
                     devices = stage_devices(self.runner, stage.kind)
                     need = min(devices, len(self.gpus)) if self.gpus else 0
                     if need > len(free):
