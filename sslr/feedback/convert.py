@@ -112,7 +112,18 @@ def convert_model(
         _network_feedback(root, chosen, rule_, output_dim, rank)
         for layer in chosen:
             layer.set_rule(rule_, scale_)
+    _drop_unused_taps(root)
     return root
+
+
+def _drop_unused_taps(model: nn.Module) -> None:
+    """Remove dfa's output taps from ``model`` and its submodules once no layer uses dfa."""
+    if any(layer._rule.direct for _, layer in feedback_layers(model)):
+        return
+    for module in model.modules():
+        direct = module.__dict__.pop("_sslr_direct", None)
+        if direct is not None:
+            direct.remove()
 
 
 def _check_rank(rule, rank: int | None) -> None:
@@ -133,7 +144,8 @@ def _output_size(root: nn.Module, output_dim: int | None, rule: str) -> int:
         if not heads:
             raise ValueError(
                 f"{rule} needs the size of {type(root).__name__}'s output and it has no "
-                "nn.Linear head to read it from: pass output_dim"
+                "nn.Linear head to read it from: pass output_dim (and convert or set_rule the "
+                "network whose output the loss reads, not a part of it)"
             )
         output_dim = heads[-1].out_features
     if int(output_dim) < 1:
@@ -144,12 +156,12 @@ def _output_size(root: nn.Module, output_dim: int | None, rule: str) -> int:
 def _network_feedback(root, layers, rule, output_dim: int | None, rank: int | None) -> None:
     """What dfa and ldfa layers need from their network: D and the root's DirectFeedback
     (dfa), the rank (ldfa)."""
-    size = _output_size(root, output_dim, rule.name)
     if rule.low_rank:
+        r = int(rank) if rank is not None else _output_size(root, output_dim, rule.name)
         for layer in layers:
-            layer.__dict__["_rank"] = size if rank is None else int(rank)
+            layer.__dict__["_rank"] = r
     if rule.direct:
-        _direct_feedback(root, layers, size)
+        _direct_feedback(root, layers, _output_size(root, output_dim, rule.name))
 
 
 def _direct_feedback(root: nn.Module, layers: list[FeedbackLayer], output_dim: int) -> None:
@@ -198,6 +210,5 @@ def set_rule(
         _network_feedback(model, layers, rule_, output_dim, rank)
     for layer in layers:
         layer.set_rule(rule_)
-    if not rule_.direct and "_sslr_direct" in model.__dict__:  # no dfa layer left: no tap
-        model.__dict__.pop("_sslr_direct").remove()
+    _drop_unused_taps(model)  # no dfa layer left: no tap
     return model

@@ -4,8 +4,9 @@ Nøkland 2016, "Direct Feedback Alignment Provides Learning in Deep Neural Netwo
 BioTorch defines it for convolutional and linear layers (``biotorch/layers/dfa``): a dfa
 layer with input x sends down, instead of W^T times the error at its output, the network's
 output error e = dL/d(output) (N, D) projected through its own fixed random matrix B of
-shape (D, in) (linear: e B) or (D, C_in, kh, kw) (conv: e broadcast over the layer's output
-positions, then the transposed convolution with B). Its weight and bias gradients stay the
+shape (D, in) (linear: e B, the same at every position of an (N, ..., in) input) or
+(D, C_in, kh, kw) (conv: e broadcast over the layer's output positions, then the transposed
+convolution with B). Its weight and bias gradients stay the
 local ones, from the error that reached its output (the layer above's projection, through
 the activations in between). So the error reaching the network's input from its first layer
 is the output error projected by that layer's B: it depends on the image only through e,
@@ -79,11 +80,11 @@ class _Tap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, output, slot):
         ctx.slot = slot
-        return output.view_as(output)
+        return output.clone()  # not a view: the loss may modify the output in place
 
     @staticmethod
     def backward(ctx, grad_output):
-        ctx.slot.error = grad_output.reshape(grad_output.shape[0], -1)
+        ctx.slot.error = grad_output.detach().reshape(grad_output.shape[0], -1)
         return grad_output, None
 
 
@@ -126,23 +127,24 @@ class _Conv2dDirect(torch.autograd.Function):
             rule, scale, constant = ctx.feedback
             b = rule.matrix(weight if master is None else master, aux, scale, constant)
             b = b.to(x.dtype)
-            e = _error(ctx.slot, b.shape[0]).to(x.dtype)
+            e = _error(ctx.slot, b.shape[0]).to(device=x.device, dtype=x.dtype)
+            # e is the same at every output position, so e spread over them and projected
+            # through B equals one kernel per sample, K_n = sum_d e_nd B_d (C_in, kh, kw),
+            # transposed-convolved with a map of ones: one grouped call, no (N, D, h, w) tensor.
             n, _, h, w = grad_output.shape
-            spread = e[:, :, None, None].expand(n, b.shape[0], h, w).contiguous()
+            kernels = e.mm(b.flatten(1)).view(n * b.shape[1], 1, *b.shape[2:])
+            ones = x.new_ones((1, n, h, w))
+            flat = x.reshape(1, n * x.shape[1], *x.shape[2:])
             grad_x = _convolution_backward(
-                spread, x, b, None, stride, padding, dilation,
-                False, [0, 0], 1, [True, False, False],
-            )[0]  # fmt: skip
+                ones, flat, kernels.view(n, b.shape[1], *b.shape[2:]), None, stride, padding,
+                dilation, False, [0, 0], n, [True, False, False],
+            )[0].view_as(x)  # fmt: skip
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 class _LinearDirect(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, master, aux, slot, feedback):
-        if x.dim() != 2:
-            raise DirectFeedbackError(
-                f"dfa linear layers take (N, features) inputs, got shape {tuple(x.shape)}"
-            )
         ctx.save_for_backward(x, weight, master, aux)
         ctx.slot, ctx.feedback = slot, feedback
         return F.linear(x, weight, bias)
@@ -156,11 +158,14 @@ class _LinearDirect(torch.autograd.Function):
             rule, scale, constant = ctx.feedback
             b = rule.matrix(weight if master is None else master, aux, scale, constant)
             b = b.to(x.dtype)
-            grad_x = _error(ctx.slot, b.shape[0]).to(x.dtype).mm(b)
+            e = _error(ctx.slot, b.shape[0]).to(device=x.device, dtype=x.dtype)
+            # (N, in), the same at every position of an (N, ..., in) input (tokens, pixels)
+            grad_x = e.mm(b).view(x.shape[0], *([1] * (x.dim() - 2)), -1).expand_as(x)
+        g2 = grad_output.reshape(-1, grad_output.shape[-1])
         if need_w:
-            grad_w = grad_output.t().mm(x)
+            grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
         if need_b:
-            grad_b = grad_output.sum(0)
+            grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 

@@ -11,7 +11,10 @@ every fit), and for any optimizer:
   Three in-place kernels per layer and step, all layers at once (``torch._foreach_*``).
 - **wm**: every ``Mirror.every`` optimizer steps, a mirror step per layer: ``Mirror.batch``
   noise inputs x ~ N(0, noise^2) shaped like the layer's last input, y = W x (the layer's
-  convolution or product, no bias), and B <- B + rate * (y x^T / (n noise^2) - decay * B):
+  convolution or product, no bias), and B <- B + rate * (y x^T / (n noise^2) - decay * B),
+  which tends to W / decay (a padded conv: each kernel tap times the share of output
+  positions where it sees the input rather than the padding, e.g. 0.56 at the corners of a
+  3x3 kernel, pad 1, on a 4 x 4 input):
   a forward and a weight-gradient kernel of a small batch per layer, no second backward
   pass of the network. The noise is drawn on the layer's device from a generator seeded by
   (layer seed, mirror counter), so a resumed run mirrors the same noise.
@@ -22,6 +25,7 @@ Torch's optimizer hooks exist for this (``register_step_pre_hook`` /
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +130,7 @@ class FeedbackLearning:
         self.mirror = Mirror() if mirror is None else mirror
         self.kp_decay = kp_decay
         self.steps = steps  # optimizer steps taken (a resumed run: those before it)
+        self._warned = False
         self._before: list[tuple[FeedbackLayer, Tensor]] = []
         self._layers = [layer for _, layer in feedback_layers(model)]
         self._groups: dict[int, dict] | None = None  # id(parameter) -> its group
@@ -171,6 +176,14 @@ class FeedbackLearning:
             layers = [m for m, _ in self._before]
             bs = [m._buffers["feedback_weight"] for m in layers]
             rates = [self._kp_rate(m) for m in layers]
+            if not self._warned and not any(rates):
+                self._warned = True
+                warnings.warn(
+                    "kp: no weight decay on the kp layers' parameters and no kp_decay: B - W "
+                    "never shrinks (B takes W's updates only); set weight_decay or "
+                    "--model.kp_decay",
+                    stacklevel=2,
+                )
             torch._foreach_sub_(bs, [w for _, w in self._before])
             torch._foreach_mul_(bs, [1.0 - r for r in rates])
             torch._foreach_add_(bs, [m.weight.detach() for m in layers])

@@ -113,6 +113,7 @@ class FeedbackLayer:
                         f"(convert_model(model, {new_rule.name!r}, rank=...) or set_rule)"
                     )
                 m = new_rule.draw_low_rank(template, new_scale, generator, rank)
+                self.__dict__["_drawn_rank"] = rank
             else:  # CPU float64: the same values on any device
                 m = new_rule.draw_fixed(template, new_scale, generator)
             dtype = w.dtype if w.is_floating_point() else torch.get_default_dtype()
@@ -140,6 +141,10 @@ class FeedbackLayer:
             return False
         if r.learns == "mirror" and _MIRRORS not in self._buffers:
             return False
+        if r.direct and self._buffers[r.fixed_buffer].shape[0] != self._output_dim:
+            return False  # another output size asked for: redraw
+        if r.low_rank and self.__dict__.get("_drawn_rank") != self._rank:
+            return False  # another rank asked for: redraw
         return not r.resamples or (_SEED in self._buffers and _DRAWS in self._buffers)
 
     # -- B -------------------------------------------------------------------------------

@@ -402,7 +402,8 @@ class WeightMirror(FeedbackRule):
     noise: in a mirror step the layer receives x ~ N(0, sigma^2) (no bias), answers y = W x,
     and B <- B + rate * (y x^T / (n sigma^2) - decay * B), whose mean step moves B towards
     W / decay (n: the samples behind the correlation; a conv layer's y x^T is the weight
-    gradient of its convolution, summed over positions and divided by their count).
+    gradient of its convolution, summed over positions and divided by their count, so with
+    zero padding a kernel tap tends to W times the share of positions where it sees input).
 
     B is the persistent buffer ``feedback_weight``, updated by
     :class:`sslr.feedback.learning.FeedbackLearning` after optimizer steps (rate, noise,

@@ -180,3 +180,58 @@ def test_ldfa_rank_errors_say_what_to_do():
         convert_model(nn.Sequential(nn.Linear(4, 3)), "ldfa", rank=0)
     with pytest.raises(ValueError, match="feedback rank"):
         FeedbackLinear(4, 3, rule="ldfa")
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [dict(stride=2, padding=1), dict(stride=2, padding=0, dilation=2), dict(groups=2, padding=2)],
+    ids=["stride", "dilation", "groups"],
+)
+def test_the_conv_projection_is_biotorchs_for_strides_dilations_and_groups(conv):
+    torch.manual_seed(0)
+    body = nn.Conv2d(4, 6, 3, dtype=torch.float64, **conv)
+    size = body(torch.zeros(1, 4, 9, 9, dtype=torch.float64)).shape[1:].numel()
+    net = convert_model(
+        nn.Sequential(body, nn.Flatten(), nn.Linear(size, 5, dtype=torch.float64)), "dfa", seed=0
+    )
+    x = torch.randn(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    e = torch.randn_like(out)
+    out.backward(e)
+    layer = net[0]
+    z = layer(x.detach())
+    spread = e[:, :, None, None].repeat(1, 1, *z.shape[-2:])  # BioTorch's out_grad
+    expected = torch.nn.grad.conv2d_input(
+        x.shape, layer.feedback_direct, spread, layer.stride, layer.padding, layer.dilation
+    )
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_a_linear_layer_on_tokens_gets_the_output_error_at_every_position():
+    torch.manual_seed(0)
+    net = convert_model(
+        nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4, 5)), "dfa", seed=0
+    )
+    x = torch.randn(2, 3, 6, requires_grad=True)  # (N, tokens, features)
+    out = net(x)
+    e = torch.randn_like(out)
+    out.backward(e)
+    torch.testing.assert_close(x.grad, (e @ net[0].feedback_direct)[:, None, :].expand(2, 3, 6))
+    out = net(x)
+    out.div_(2)  # the tapped output is not a view: in-place edits work as without dfa
+    out.sum().backward()
+
+
+def test_set_rule_redraws_for_another_rank_or_output_size_and_drops_every_tap():
+    net = two_layers(rule="ldfa")
+    set_rule(net, "ldfa", rank=2)
+    assert torch.linalg.matrix_rank(net[3].feedback_weight).item() == 2
+    net = two_layers()
+    set_rule(net, "dfa", output_dim=7)
+    assert net[3].feedback_direct.shape == (7, 48)
+    inner = two_layers(rule="bp")
+    outer = nn.Sequential(inner, nn.Identity())
+    set_rule(inner, "dfa")  # a tap on the part converted
+    assert inner._forward_hooks
+    convert_model(outer, "fa")  # no dfa layer left anywhere: no tap left anywhere
+    assert not inner._forward_hooks and not inner._forward_pre_hooks
