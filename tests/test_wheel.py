@@ -61,7 +61,7 @@ def test_shell_completion_script(capsys):
     assert "--model.rule" in script and "--trainer.max_epochs" in script
     assert "--suite.attacks" in script and "--optimizer.lr" in script
     rules = [line for line in script.splitlines() if "_fit_model_rule_typehint()" in line]
-    assert len(rules) == 1 and "'bp fa usf frsf brsf'" in rules[0], rules
+    assert len(rules) == 1 and "'bp fa dfa ldfa usf frsf brsf kp wm'" in rules[0], rules
 
 
 def test_lightning_advertisements_are_dropped_and_other_notices_kept(caplog):
