@@ -239,7 +239,7 @@ class FeedbackAlignment(FeedbackRule):
 
 
 @register_rule
-class DirectFeedbackAlignment(FeedbackRule):
+class DirectFeedbackAlignment(FeedbackAlignment):
     """Direct feedback alignment: each layer's error is the network's output error e (N, D)
     projected through its own fixed random B, (D, in) or (D, C_in, kh, kw), not the error
     from the layer above (:mod:`sslr.feedback.direct`).
@@ -256,19 +256,11 @@ class DirectFeedbackAlignment(FeedbackRule):
     )
     fixed_buffer = "feedback_direct"
     direct = True
-
-    def draw_fixed(self, weight, scale, generator):
-        # ``weight``: a tensor of B's shape (D, in, ...), the meta template the layer passes
-        return _random_feedback(weight, scale, generator)
-
-    def matrix(self, weight, aux, scale, constant):
-        if scale.adaptive:
-            return aux * _meanabs_factor(weight, aux)
-        return aux
+    # fa's draw and B: the layer passes a template of B's shape (D, in, ...) as ``weight``
 
 
 @register_rule
-class LowRankFeedbackAlignment(FeedbackRule):
+class LowRankFeedbackAlignment(FeedbackAlignment):
     """Low-dimensional feedback alignment: fa with a rank-r B = Q P, Q (out, r) and P (r, in *
     kh * kw) fixed random, so the error a layer sends down lives in an r-dimensional space.
 
@@ -296,11 +288,6 @@ class LowRankFeedbackAlignment(FeedbackRule):
         b = q.mm(p)
         target = scale.bound(weight) / math.sqrt(3.0)  # the rms of U(-a, a)
         return b.mul_(target / b.pow(2).mean().sqrt()).view(weight.shape)
-
-    def matrix(self, weight, aux, scale, constant):
-        if scale.adaptive:
-            return aux * _meanabs_factor(weight, aux)
-        return aux
 
 
 @register_rule
@@ -366,8 +353,21 @@ def _random_feedback(weight: Tensor, scale: Scale, generator: torch.Generator) -
     return torch.empty(weight.shape, dtype=torch.float64).uniform_(-a, a, generator=generator)
 
 
+class _LearnedFeedback(FeedbackRule):
+    """B is learned state: it starts as fa's M of the same seed and is returned as it is."""
+
+    draws_as = "fa"
+    fixed_buffer = "feedback_weight"
+
+    def draw_fixed(self, weight, scale, generator):
+        return _random_feedback(weight, scale, generator)
+
+    def matrix(self, weight, aux, scale, constant):
+        return aux
+
+
 @register_rule
-class KolenPollack(FeedbackRule):
+class KolenPollack(_LearnedFeedback):
     """Kolen-Pollack: B starts as fa's random M and then receives W's every update, while the
     weight decay acts on B - W, so B - W shrinks by (1 - lr * weight_decay) per step and B
     approaches W.
@@ -385,19 +385,11 @@ class KolenPollack(FeedbackRule):
 
     name = "kp"
     summary = "Kolen-Pollack: B takes W's updates, B - W decays (B learns W)"
-    draws_as = "fa"
-    fixed_buffer = "feedback_weight"
     learns = "kolen-pollack"
-
-    def draw_fixed(self, weight, scale, generator):
-        return _random_feedback(weight, scale, generator)
-
-    def matrix(self, weight, aux, scale, constant):
-        return aux
 
 
 @register_rule
-class WeightMirror(FeedbackRule):
+class WeightMirror(_LearnedFeedback):
     """Weight mirror: B starts as fa's random M and learns W from the layer's own response to
     noise: in a mirror step the layer receives x ~ N(0, sigma^2) (no bias), answers y = W x,
     and B <- B + rate * (y x^T / (n sigma^2) - decay * B), whose mean step moves B towards
@@ -415,15 +407,7 @@ class WeightMirror(FeedbackRule):
 
     name = "wm"
     summary = "weight mirror: B learns W from the layer's response to noise"
-    draws_as = "fa"
-    fixed_buffer = "feedback_weight"
     learns = "mirror"
-
-    def draw_fixed(self, weight, scale, generator):
-        return _random_feedback(weight, scale, generator)
-
-    def matrix(self, weight, aux, scale, constant):
-        return aux
 
 
 # ----------------------------------------------------------------------------------------
